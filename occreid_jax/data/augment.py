@@ -1,0 +1,155 @@
+"""Training augmentations as TensorFlow ops, with keypoint heatmaps kept aligned.
+
+Every random op is stateless: it draws from a seed pair, so the same (run seed, step, slot)
+gives the same augmentation whether the run was interrupted or not.
+
+Geometry convention: continuous pixel coordinates, pixel i covers [i, i + 1). Heatmaps have
+stride 4 (heatmap x = image x / 4). A horizontal flip maps x -> W - x and swaps the left and
+right COCO joints; the pad-and-crop moves the image by an integer offset (dx, dy) and the
+heatmaps by (dx / 4, dy / 4), resampled bilinearly.
+
+Random erasing changes only the image: an erased body part keeps its heatmap. Pose-guided
+models reading precomputed or ground-truth heatmaps therefore see joints under the erased
+box, whereas the released Pirt runs its pose net after erasing.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255 pixels
+IMAGENET_STD = (58.395, 57.12, 57.375)
+HEATMAP_STRIDE = 4
+# COCO order (reference/pretrained.md): a horizontal flip swaps each left joint with its right.
+COCO_FLIP_PERMUTATION = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
+
+
+def _seeds(seed: tf.Tensor, num: int) -> tf.Tensor:
+    """Splits one stateless seed [2] into `num` independent seeds [num, 2]."""
+    return tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num)
+
+
+def translate(image: tf.Tensor, dx: tf.Tensor, dy: tf.Tensor) -> tf.Tensor:
+    """Shifts content: out(x, y) = in(x + dx, y + dy), zeros outside, bilinear.
+
+    Args:
+      image: [H, W, C] float32.
+      dx, dy: scalar float shifts in this image's pixels.
+    Returns:
+      [H, W, C] float32.
+    """
+    size = tf.shape(image)[:2]
+    one, zero = tf.constant(1.0), tf.constant(0.0)
+    transform = tf.stack([one, zero, tf.cast(dx, tf.float32), zero, one, tf.cast(dy, tf.float32)])
+    transform = tf.concat([transform, [0.0, 0.0]], axis=0)[None]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None],
+        transforms=transform,
+        output_shape=size,
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )[0]
+
+
+def pad_and_crop(image, heatmaps, seed, pad: int):
+    """Pads by `pad` zero pixels on every side and crops back at a random offset.
+
+    Args:
+      image: [H, W, 3] float32 in 0..255.
+      heatmaps: [H/4, W/4, J] float32, or None.
+      seed: stateless seed [2].
+      pad: padding in pixels (10 in the papers).
+    Returns:
+      (image, heatmaps) of the same shapes.
+    """
+    if pad <= 0:
+        return image, heatmaps
+    offsets = tf.random.stateless_uniform([2], seed, minval=0, maxval=2 * pad + 1, dtype=tf.int32)
+    dx, dy = tf.cast(offsets[0] - pad, tf.float32), tf.cast(offsets[1] - pad, tf.float32)
+    image = translate(image, dx, dy)
+    if heatmaps is not None:
+        heatmaps = translate(heatmaps, dx / HEATMAP_STRIDE, dy / HEATMAP_STRIDE)
+    return image, heatmaps
+
+
+def flip(image, heatmaps, do_flip: tf.Tensor):
+    """Mirrors the image (x -> W - x) and the heatmaps, swapping left and right joints."""
+    image = tf.cond(do_flip, lambda: image[:, ::-1], lambda: image)
+    if heatmaps is not None:
+        flipped = tf.gather(heatmaps[:, ::-1], COCO_FLIP_PERMUTATION, axis=2)
+        heatmaps = tf.cond(do_flip, lambda: flipped, lambda: heatmaps)
+    return image, heatmaps
+
+
+def random_flip(image, heatmaps, seed, prob: float):
+    """Flips with probability `prob`; see `flip`."""
+    do_flip = tf.random.stateless_uniform([], seed) < prob
+    return flip(image, heatmaps, do_flip)
+
+
+def random_erasing(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    prob: float,
+    scale=(0.02, 0.4),
+    ratio=(0.3, 3.3),
+    fill=IMAGENET_MEAN,
+    attempts: int = 10,
+) -> tf.Tensor:
+    """Random erasing (Zhong et al. 2020) as torchvision's RandomErasing with a pixel-mean fill.
+
+    With probability `prob`, a box of area fraction in `scale` and log-uniform aspect ratio in
+    `ratio` is filled with `fill`; the first of `attempts` draws that fits is used, none if none
+    fits (torchvision's rule).
+
+    Args:
+      image: [H, W, 3] float32 in 0..255.
+      seed: stateless seed [2].
+    Returns:
+      [H, W, 3] float32.
+    """
+    seeds = _seeds(seed, 6)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    area = tf.cast(height * width, tf.float32)
+    target = area * tf.random.stateless_uniform([attempts], seeds[0], scale[0], scale[1])
+    log_ratio = tf.random.stateless_uniform(
+        [attempts], seeds[1], tf.math.log(ratio[0]), tf.math.log(ratio[1])
+    )
+    aspect = tf.exp(log_ratio)
+    box_h = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
+    box_w = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
+    fits = (box_h < height) & (box_w < width)
+    choice = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    box_h, box_w = box_h[choice], box_w[choice]
+    top = tf.random.stateless_uniform([], seeds[2], 0, height - box_h + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], seeds[3], 0, width - box_w + 1, dtype=tf.int32)
+    erase = tf.reduce_any(fits) & (tf.random.stateless_uniform([], seeds[4]) < prob)
+    rows = tf.range(height)[:, None]
+    cols = tf.range(width)[None, :]
+    inside = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
+    inside = inside & erase
+    return tf.where(inside[..., None], tf.constant(fill, tf.float32), image)
+
+
+def normalize(image: tf.Tensor) -> tf.Tensor:
+    """ImageNet mean/std normalisation of 0..255 RGB pixels."""
+    return (image - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+
+
+def train_augment(image, heatmaps, seed, *, pad: int, flip_prob: float, erasing_prob: float):
+    """The training chain: pad-and-crop, flip, random erasing, normalisation.
+
+    Args:
+      image: [H, W, 3] float32 in 0..255, already at the model's input size.
+      heatmaps: [H/4, W/4, J] float32, or None.
+      seed: stateless seed [2].
+    Returns:
+      (normalised image [H, W, 3], heatmaps or None).
+    """
+    seeds = _seeds(seed, 3)
+    image, heatmaps = pad_and_crop(image, heatmaps, seeds[0], pad)
+    image, heatmaps = random_flip(image, heatmaps, seeds[1], flip_prob)
+    if erasing_prob > 0:
+        image = random_erasing(image, seeds[2], erasing_prob)
+    return normalize(image), heatmaps

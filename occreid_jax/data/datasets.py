@@ -1,0 +1,120 @@
+"""Which datasets exist, and loading one split of a tfds builder into host memory.
+
+A split is small enough to hold in memory as encoded images (Market-1501's train split is
+~13k JPEGs of ~5 KB), which lets the P x K sampler pick any index cheaply and the pipeline
+decode only what a batch needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from occreid_jax.errors import UserError
+
+# Evaluation sets per dataset: row name -> (query split, gallery split).
+STANDARD_EVAL_SETS = {"query": ("query", "gallery")}
+SYNTHETIC_EVAL_SETS = {
+    "occluded queries": ("query", "gallery"),
+    "holistic queries": ("query_holistic", "gallery"),
+}
+
+# Datasets the papers report; their tfds builders arrive with the real-datasets issue.
+REAL_DATASETS = (
+    "occluded_duke",
+    "market1501",
+    "dukemtmc",
+    "msmt17",
+    "occluded_reid",
+    "partial_reid",
+    "partial_ilids",
+)
+
+
+@dataclasses.dataclass
+class Split:
+    """One split held in host memory.
+
+    Attributes:
+      images: [N] object array of encoded image bytes (PNG/JPEG as stored).
+      pids: [N] int64 person ids.
+      camids: [N] int64 camera ids, 0-based.
+      labels: [N] int64 train labels 0..C-1 (-1 outside the train split).
+      filenames: [N] str.
+      heatmaps: [N, h, w, 17] uint8 keypoint heatmaps (stride 4), or None.
+    """
+
+    images: np.ndarray
+    pids: np.ndarray
+    camids: np.ndarray
+    labels: np.ndarray
+    filenames: np.ndarray
+    heatmaps: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max()) + 1 if len(self.labels) else 0
+
+
+def default_data_dir(data_dir: str) -> str:
+    return os.path.expanduser(data_dir or os.path.join("~", "tensorflow_datasets"))
+
+
+def eval_sets(dataset: str) -> dict[str, tuple[str, str]]:
+    """Named (query split, gallery split) pairs evaluated for `dataset`."""
+    return SYNTHETIC_EVAL_SETS if dataset == "synthetic" else STANDARD_EVAL_SETS
+
+
+def prepare(dataset: str, builder_config: str, data_dir: str):
+    """Returns a prepared tfds builder for `dataset`, building it on first use."""
+    if dataset == "synthetic":
+        from occreid_jax.data.synthetic import builder as synthetic_builder
+
+        return synthetic_builder.build(builder_config, default_data_dir(data_dir))
+    if dataset in REAL_DATASETS:
+        raise UserError(
+            f"dataset {dataset!r} has no tfds builder yet (the real-datasets issue adds it); "
+            "use the built-in benchmark: --config=configs/<model>.py:synthetic"
+        )
+    raise UserError(
+        f"unknown dataset {dataset!r}; use 'synthetic' or one of {', '.join(REAL_DATASETS)}"
+    )
+
+
+def load_split(builder, split: str, with_heatmaps: bool = True) -> Split:
+    """Reads one split of a prepared builder into memory (images stay encoded)."""
+    import tensorflow_datasets as tfds
+
+    if split not in builder.info.splits:
+        raise UserError(
+            f"dataset {builder.name!r} has no split {split!r} (it has "
+            f"{', '.join(builder.info.splits)}); check the dataset variant in --config"
+        )
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    columns: dict[str, list] = {"image": [], "pid": [], "camid": [], "label": [], "filename": []}
+    has_heatmaps = with_heatmaps and "heatmaps" in builder.info.features
+    if has_heatmaps:
+        columns["heatmaps"] = []
+    for example in tfds.as_numpy(ds):
+        for key, values in columns.items():
+            values.append(example[key])
+    if not columns["pid"]:
+        raise UserError(
+            f"split {split!r} of {builder.name!r} in {builder.data_dir} is empty; "
+            "delete that folder and rerun to rebuild it"
+        )
+    images = np.empty(len(columns["image"]), dtype=object)
+    images[:] = columns["image"]
+    return Split(
+        images=images,
+        pids=np.asarray(columns["pid"], np.int64),
+        camids=np.asarray(columns["camid"], np.int64),
+        labels=np.asarray(columns["label"], np.int64),
+        filenames=np.asarray([f.decode() for f in columns["filename"]]),
+        heatmaps=np.stack(columns["heatmaps"]) if has_heatmaps else None,
+    )

@@ -1,0 +1,183 @@
+"""tf.data input pipelines: host batches shaped [devices, per_device_batch, ...].
+
+Training: the P x K sampler picks indices, tf.data decodes, resizes and augments each image
+with a stateless seed derived from (run seed, step, slot) and batches them identity-major, so
+device d receives whole identities. Evaluation: decode, resize, normalise, and pad the last
+batch with a mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from occreid_jax.data import augment
+from occreid_jax.data.datasets import Split
+from occreid_jax.data.sampler import IdentitySampler
+from occreid_jax.errors import UserError
+
+# tf.data only feeds the host; keep TensorFlow off any accelerator JAX uses.
+tf.config.set_visible_devices([], "GPU")
+
+
+def _decode(encoded: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Encoded bytes -> [H, W, 3] float32 RGB in 0..255 at `image_size`.
+
+    Images of another size are resized bicubically (fast-reid's T.Resize(interpolation=3)).
+    """
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image = tf.cast(image, tf.float32)
+    height, width = image_size
+    same_size = tf.logical_and(tf.shape(image)[0] == height, tf.shape(image)[1] == width)
+    image = tf.cond(
+        same_size,
+        lambda: image,
+        lambda: tf.clip_by_value(tf.image.resize(image, image_size, method="bicubic"), 0, 255),
+    )
+    return tf.ensure_shape(image, [height, width, 3])
+
+
+def _heatmaps(stored: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Stored uint8 heatmaps [h, w, J] -> float32 in 0..1 at image_size / 4."""
+    heatmaps = tf.cast(stored, tf.float32) / 255.0
+    size = (image_size[0] // augment.HEATMAP_STRIDE, image_size[1] // augment.HEATMAP_STRIDE)
+    same_size = tf.logical_and(tf.shape(heatmaps)[0] == size[0], tf.shape(heatmaps)[1] == size[1])
+    heatmaps = tf.cond(
+        same_size, lambda: heatmaps, lambda: tf.image.resize(heatmaps, size, method="bilinear")
+    )
+    return tf.ensure_shape(heatmaps, [size[0], size[1], stored.shape[-1]])
+
+
+def _to_devices(batch: dict, num_devices: int) -> dict:
+    """Reshapes every [G, ...] entry to [devices, G / devices, ...]."""
+    return {k: tf.reshape(v, [num_devices, -1, *v.shape[1:]]) for k, v in batch.items()}
+
+
+def find_unreadable(split: Split) -> str | None:
+    """Name of the first image of `split` that does not decode, or None."""
+    for name, encoded in zip(split.filenames, split.images, strict=True):
+        if cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR) is None:
+            return str(name)
+    return None
+
+
+def _numpy_batches(ds: tf.data.Dataset, split: Split) -> Iterator[dict]:
+    """Iterates a dataset as numpy, turning a decode failure into a one-line UserError."""
+    iterator = ds.as_numpy_iterator()
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.InvalidArgumentError as error:
+            bad = find_unreadable(split)
+            if bad is None:
+                raise
+            raise UserError(
+                f"image {bad!r} cannot be decoded; replace or delete it and rebuild the dataset"
+            ) from error
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_optimization.map_parallelization = True
+    return options
+
+
+def train_batches(
+    split: Split,
+    sampler: IdentitySampler,
+    *,
+    start_step: int,
+    image_size: tuple[int, int],
+    num_devices: int,
+    pad: int,
+    flip_prob: float,
+    erasing_prob: float,
+    seed: int,
+    with_heatmaps: bool = False,
+) -> Iterator[dict]:
+    """Infinite training batches starting at `start_step` (resumes mid-epoch exactly).
+
+    Yields dicts of numpy arrays:
+      images: [D, B/D, H, W, 3] float32, ImageNet-normalised.
+      labels: [D, B/D] int32 train labels.
+      heatmaps: [D, B/D, H/4, W/4, 17] float32 in 0..1, only when `with_heatmaps`.
+    """
+    image_size = tuple(image_size)
+    global_batch = sampler.batch_size
+    images = tf.constant(split.images.tolist(), tf.string)
+    labels = tf.constant(split.labels, tf.int32)
+    heatmaps = tf.constant(split.heatmaps) if with_heatmaps else None
+    if with_heatmaps and split.heatmaps is None:
+        raise UserError("this model needs keypoint heatmaps but the dataset ships none")
+
+    def batches():
+        for step, indices in sampler.batches_from(start_step):
+            yield step, indices
+
+    def one_example(step, slot, index):
+        example_seed = tf.stack([tf.constant(seed, tf.int64), step * global_batch + slot])
+        image = _decode(tf.gather(images, index), image_size)
+        maps = _heatmaps(tf.gather(heatmaps, index), image_size) if with_heatmaps else None
+        image, maps = augment.train_augment(
+            image, maps, example_seed, pad=pad, flip_prob=flip_prob, erasing_prob=erasing_prob
+        )
+        out = {"images": image, "labels": tf.gather(labels, index)}
+        if with_heatmaps:
+            out["heatmaps"] = maps
+        return out
+
+    ds = tf.data.Dataset.from_generator(
+        batches,
+        output_signature=(
+            tf.TensorSpec([], tf.int64),
+            tf.TensorSpec([global_batch], tf.int64),
+        ),
+    )
+    ds = ds.flat_map(
+        lambda step, indices: tf.data.Dataset.from_tensor_slices(
+            (tf.fill([global_batch], step), tf.range(global_batch, dtype=tf.int64), indices)
+        )
+    )
+    ds = ds.map(one_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(global_batch, drop_remainder=True)
+    ds = ds.map(lambda batch: _to_devices(batch, num_devices))
+    ds = ds.prefetch(2).with_options(_options())
+    return _numpy_batches(ds, split)
+
+
+def eval_batches(
+    split: Split, *, image_size: tuple[int, int], batch_size: int, num_devices: int
+) -> Iterator[dict]:
+    """One pass over `split` in order, the last batch padded.
+
+    Yields dicts of numpy arrays:
+      images: [D, B/D, H, W, 3] float32, ImageNet-normalised.
+      mask: [D, B/D] bool, False on padding.
+    """
+    image_size = tuple(image_size)
+    if batch_size % num_devices:
+        raise UserError(
+            f"data.eval_batch_size={batch_size} is not divisible by the {num_devices} devices; "
+            f"set --config.data.eval_batch_size to a multiple of {num_devices}"
+        )
+    num = len(split)
+    padded = -(-num // batch_size) * batch_size
+    order = np.concatenate([np.arange(num), np.zeros(padded - num, np.int64)])
+    mask = np.arange(padded) < num
+    images = tf.constant(split.images.tolist(), tf.string)
+
+    def one_example(index, valid):
+        image = _decode(tf.gather(images, index), image_size)
+        return {"images": augment.normalize(image), "mask": valid}
+
+    ds = tf.data.Dataset.from_tensor_slices((order, mask))
+    ds = ds.map(one_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size).map(lambda batch: _to_devices(batch, num_devices))
+    ds = ds.prefetch(2).with_options(_options())
+    return _numpy_batches(ds, split)

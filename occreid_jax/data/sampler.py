@@ -1,0 +1,108 @@
+"""P x K identity sampler: every batch holds P identities with K images each.
+
+The batch is laid out identity-major (the K images of an identity are adjacent), so splitting
+the global batch into `num_devices` contiguous slices gives every device whole identities and
+batch-hard triplet mining can stay on the device.
+
+The order is a pure function of (seed, epoch): a resumed run that skips to step s of an epoch
+sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from occreid_jax.errors import UserError
+
+
+def check_batch_layout(batch_size: int, instances_per_id: int, num_devices: int) -> int:
+    """Validates the global batch and returns P, the number of identities per batch."""
+    if instances_per_id < 1 or batch_size < 1:
+        raise UserError(
+            f"data.batch_size={batch_size} and data.instances_per_id={instances_per_id} must be "
+            "positive; set --config.data.batch_size and --config.data.instances_per_id"
+        )
+    if batch_size % (num_devices * instances_per_id):
+        raise UserError(
+            f"data.batch_size={batch_size} is not divisible by devices x K = {num_devices} x "
+            f"{instances_per_id}; set --config.data.batch_size to a multiple of "
+            f"{num_devices * instances_per_id}"
+        )
+    return batch_size // instances_per_id
+
+
+class IdentitySampler:
+    """Yields global batches of dataset indices, P identities x K images each.
+
+    Per epoch the identities are shuffled and taken P at a time (the last incomplete group of
+    identities wraps into a reshuffled pass, so every batch is full); each identity contributes
+    K of its images drawn without replacement, or with replacement when it has fewer than K
+    (as fast-reid's identity samplers do).
+
+    Args:
+      labels: [N] int train labels (0..C-1) of the split, in dataset order.
+      batch_size: global batch size P * K.
+      instances_per_id: K.
+      num_devices: devices the batch is split over; P must be divisible by it.
+      seed: base seed; the epoch is folded in.
+      steps_per_epoch: batches per epoch; default len(labels) // batch_size, like fast-reid.
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        batch_size: int,
+        instances_per_id: int,
+        num_devices: int = 1,
+        seed: int = 0,
+        steps_per_epoch: int | None = None,
+    ):
+        self.num_ids_per_batch = check_batch_layout(batch_size, instances_per_id, num_devices)
+        self.batch_size = batch_size
+        self.instances_per_id = instances_per_id
+        self.seed = seed
+        labels = np.asarray(labels)
+        self.identities = np.unique(labels)
+        if len(self.identities) < self.num_ids_per_batch:
+            raise UserError(
+                f"the train split has {len(self.identities)} identities but a batch needs "
+                f"P={self.num_ids_per_batch}; lower --config.data.batch_size"
+            )
+        self._members = {pid: np.flatnonzero(labels == pid) for pid in self.identities}
+        self.steps_per_epoch = steps_per_epoch or max(1, len(labels) // batch_size)
+
+    def epoch(self, epoch: int) -> np.ndarray:
+        """Returns all batches of one epoch, [steps_per_epoch, batch_size] int64 indices."""
+        rng = np.random.default_rng([self.seed, epoch])
+        k = self.instances_per_id
+        batches = np.empty((self.steps_per_epoch, self.batch_size), np.int64)
+        flat = batches.reshape(-1, k)
+        for row, pid in enumerate(self._identity_order(rng)):
+            members = self._members[pid]
+            flat[row] = rng.choice(members, size=k, replace=len(members) < k)
+        return batches
+
+    def _identity_order(self, rng: np.random.Generator) -> list[int]:
+        """Identities for the whole epoch, P per batch, never twice in one batch."""
+        p = self.num_ids_per_batch
+        order: list[int] = []
+        pool: list[int] = []
+        while len(order) < self.steps_per_epoch * p:
+            batch: list[int] = []
+            while len(batch) < p:
+                # Identities already in this batch wait for the next one (only at a wrap).
+                pick = next((i for i, pid in enumerate(pool) if pid not in batch), None)
+                if pick is None:
+                    pool.extend(rng.permutation(self.identities).tolist())
+                    continue
+                batch.append(pool.pop(pick))
+            order.extend(batch)
+        return order
+
+    def batches_from(self, step: int):
+        """Yields (global_step, indices [batch_size]) forever, starting at `step`."""
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        while True:
+            for position, indices in enumerate(self.epoch(epoch)[offset:], start=offset):
+                yield epoch * self.steps_per_epoch + position, indices
+            epoch, offset = epoch + 1, 0

@@ -1,0 +1,393 @@
+"""What each `--mode` of `python -m occreid_jax.main` does: train, eval, export, extract.
+
+Every mode starts the same way: prepare the dataset, build the model from `config.model`,
+and (except train from scratch) restore the workdir's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from occreid_jax import evaluation, export, nets, optim
+from occreid_jax.checkpointing import Checkpointer
+from occreid_jax.data import datasets, pipeline
+from occreid_jax.data.sampler import IdentitySampler, check_batch_layout
+from occreid_jax.errors import UserError
+from occreid_jax.losses.objectives import OBJECTIVES, LossConfig
+from occreid_jax.matching import distance_features
+from occreid_jax.metrics_log import MetricsLog
+from occreid_jax.train import create_train_state, parallel_embed, parallel_train_step
+
+# config.model fields that are not constructor arguments of the model.
+NON_MODEL_FIELDS = ("name", "backbone_init")
+
+
+def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict:
+    """Constructor arguments of the configured model (JSON-able, stored in checkpoints)."""
+    kwargs = {k: v for k, v in config.model.items() if k not in NON_MODEL_FIELDS}
+    kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+    return {**kwargs, "num_classes": int(num_classes), "dtype": config.train.dtype}
+
+
+def _signature(config, kwargs: dict) -> dict:
+    return {
+        "model": config.model.name,
+        "model_kwargs": kwargs,
+        "image_size": list(config.data.image_size),
+    }
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+    if config.model.name not in nets.MODELS:
+        raise UserError(
+            f"unknown model.name {config.model.name!r}; use one of {', '.join(nets.MODELS)}"
+        )
+    if config.train.dtype not in ("float32", "bfloat16"):
+        raise UserError(
+            f"train.dtype={config.train.dtype!r} is not supported; use float32 or bfloat16"
+        )
+    if config.model.backbone_init:
+        raise UserError(
+            "model.backbone_init is set but converting pretrained weights arrives with the "
+            "pretrained-networks issue; leave --config.model.backbone_init empty for now"
+        )
+    height, width = config.data.image_size
+    if height % 32 or width % 32:
+        raise UserError(
+            f"data.image_size={tuple(config.data.image_size)} must be multiples of 32; "
+            "e.g. --config.data.image_size='(256, 128)'"
+        )
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def extract_features(embed_batch, split: datasets.Split, config, desc: str) -> dict:
+    """Runs the model over a split in order.
+
+    Args:
+      embed_batch: images [D, b, H, W, 3] (normalised) -> dict of [D, b, ...] features.
+      split: the images to embed.
+      config: the run config (data.image_size, data.eval_batch_size, eval.flip).
+    Returns:
+      dict of [N, ...] float32 numpy features; with eval.flip, the mean of the features of
+      each image and its mirror (fast-reid's flip test).
+    """
+    num_devices = jax.local_device_count()
+    batches = pipeline.eval_batches(
+        split,
+        image_size=config.data.image_size,
+        batch_size=config.data.eval_batch_size,
+        num_devices=num_devices,
+    )
+    chunks: dict[str, list] = {}
+    total = -(-len(split) // config.data.eval_batch_size)
+    for batch in tqdm(batches, total=total, desc=desc, unit="batch", leave=False):
+        features = embed_batch(batch["images"])
+        if config.eval.flip:
+            mirrored = embed_batch(batch["images"][:, :, :, ::-1])
+            features = jax.tree.map(lambda a, b: (a + b) / 2, features, mirrored)
+        mask = batch["mask"].reshape(-1)
+        for key, value in jax.device_get(features).items():
+            value = np.asarray(value)
+            chunks.setdefault(key, []).append(value.reshape(-1, *value.shape[2:])[mask])
+    return {key: np.concatenate(parts) for key, parts in chunks.items()}
+
+
+def evaluate_splits(embed_batch, model_name: str, eval_splits: dict, config) -> dict:
+    """Metrics for every (query, gallery) pair of the dataset, keyed by row name."""
+    cache: dict[str, dict] = {}
+
+    def features(split_name):
+        if split_name not in cache:
+            cache[split_name] = extract_features(
+                embed_batch, eval_splits[split_name], config, desc=f"embed {split_name}"
+            )
+        return cache[split_name]
+
+    results = {}
+    for row, (query, gallery) in datasets.eval_sets(config.data.name).items():
+        q, g = eval_splits[query], eval_splits[gallery]
+        metrics = evaluation.evaluate_features(
+            distance_features(model_name, features(query)),
+            distance_features(model_name, features(gallery)),
+            q.pids,
+            g.pids,
+            q.camids,
+            g.camids,
+            metric=config.eval.metric,
+            max_rank=config.eval.max_rank,
+            chunk_size=config.eval.query_chunk,
+            rerank=config.eval.rerank,
+        )
+        results[row] = summarize(metrics)
+    return results
+
+
+def summarize(metrics: dict) -> dict:
+    """The scalar part of a metrics dict: mAP, mINP, Rank-1/5/10/20, number of queries."""
+    cmc = np.asarray(metrics["cmc"])
+    summary = {"mAP": float(metrics["mAP"]), "mINP": float(metrics["mINP"])}
+    for rank in (1, 5, 10, 20):
+        summary[f"rank{rank}"] = float(cmc[min(rank, len(cmc)) - 1])
+    summary["num_queries"] = int(metrics["num_valid"])
+    return summary
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+class Experiment:
+    """Dataset, model and checkpoints of one run, shared by every mode."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        _check_config(config)
+        self.config = config
+        self.workdir = os.path.abspath(workdir)
+        self.num_devices = jax.local_device_count()
+        self.builder = datasets.prepare(
+            config.data.name, config.data.builder_config, config.data.data_dir
+        )
+        needed = {s for pair in datasets.eval_sets(config.data.name).values() for s in pair}
+        self.eval_splits = {
+            name: datasets.load_split(self.builder, name, with_heatmaps=False) for name in needed
+        }
+
+    def model_and_checkpointer(self, num_classes: int):
+        kwargs = model_kwargs(self.config, num_classes)
+        model = nets.build_model(self.config.model.name, **kwargs)
+        checkpointer = Checkpointer(
+            os.path.join(self.workdir, "checkpoints"),
+            _signature(self.config, kwargs),
+            max_to_keep=self.config.train.max_checkpoints,
+        )
+        return model, kwargs, checkpointer
+
+    def saved_num_classes(self) -> int:
+        """Number of training identities recorded in the workdir's latest checkpoint."""
+        probe = Checkpointer(os.path.join(self.workdir, "checkpoints"), {})
+        signature = probe.saved_signature()
+        if signature is None:
+            raise UserError(
+                f"no checkpoint in {self.workdir}/checkpoints; train first "
+                "(--mode=train) or pass --export=PATH to evaluate an export"
+            )
+        return int(signature["model_kwargs"]["num_classes"])
+
+    def restored_state(self):
+        """(model, kwargs, state) from the latest checkpoint, for eval/export/extract."""
+        model, kwargs, checkpointer = self.model_and_checkpointer(self.saved_num_classes())
+        tx = optim.make_optimizer(self.config.train, optim.make_schedule(self.config.train, 1))
+        state = create_train_state(
+            model, tx, jax.random.PRNGKey(self.config.seed), self.config.data.image_size
+        )
+        state = checkpointer.restore_latest(state)
+        checkpointer.close()
+        return model, kwargs, state
+
+    def embedder(self, model, state):
+        p_embed = parallel_embed(model)
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        return functools.partial(p_embed, variables)
+
+
+# ----------------------------------------------------------------------------- modes
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (resuming from the workdir's latest checkpoint), evaluates, writes results.json."""
+    exp = Experiment(config, workdir)
+    train_split = datasets.load_split(exp.builder, "train", with_heatmaps=False)
+    check_batch_layout(config.data.batch_size, config.data.instances_per_id, exp.num_devices)
+    sampler = IdentitySampler(
+        train_split.labels,
+        config.data.batch_size,
+        config.data.instances_per_id,
+        exp.num_devices,
+        seed=config.seed,
+        steps_per_epoch=config.train.steps_per_epoch,
+    )
+    steps_per_epoch = sampler.steps_per_epoch
+    total_steps = config.train.epochs * steps_per_epoch
+    model, kwargs, checkpointer = exp.model_and_checkpointer(train_split.num_classes)
+    train_model = model.clone(bn_axis_name="batch")
+    tx = optim.make_optimizer(config.train, optim.make_schedule(config.train, steps_per_epoch))
+    state = create_train_state(
+        train_model, tx, jax.random.PRNGKey(config.seed), config.data.image_size
+    )
+    state = checkpointer.restore_latest(state)
+    start_step = int(state.step)
+    log = MetricsLog(exp.workdir)
+    results_path = os.path.join(exp.workdir, "results.json")
+    record = _read_json(results_path) or {"history": []}
+    embed = functools.partial(exp.embedder, model)
+
+    def run_eval(step, key="results"):
+        results = evaluate_splits(embed(state), config.model.name, exp.eval_splits, config)
+        log.write("eval", step, results)
+        record[key] = results
+        if key == "results":
+            record["history"].append({"step": step, "epoch": step / steps_per_epoch, **results})
+        record.update(step=step, epoch=step / steps_per_epoch, total_steps=total_steps)
+        _write_json(results_path, record)
+        return results
+
+    print(
+        f"training {config.model.name} ({kwargs.get('backbone', '')}) on {config.data.name}: "
+        f"{len(train_split)} images, {train_split.num_classes} identities, {exp.num_devices} "
+        f"device(s), {steps_per_epoch} steps/epoch x {config.train.epochs} epochs"
+        + (f", resuming at step {start_step}" if start_step else "")
+    )
+    if start_step == 0 and config.train.eval_at_start:
+        record["untrained"] = run_eval(0, key="untrained")
+
+    objective = functools.partial(
+        OBJECTIVES[config.model.name],
+        cfg=LossConfig.from_config(config.loss),
+    )
+    p_step = parallel_train_step(objective)
+    batches = pipeline.train_batches(
+        train_split,
+        sampler,
+        start_step=start_step,
+        image_size=config.data.image_size,
+        num_devices=exp.num_devices,
+        pad=config.data.pad,
+        flip_prob=config.data.flip_prob,
+        erasing_prob=config.data.erasing_prob,
+        seed=config.seed,
+    )
+    step = start_step
+    bar = tqdm(total=total_steps, initial=start_step, unit="step", desc="train", dynamic_ncols=True)
+    window_start, window_images = time.perf_counter(), 0
+    try:
+        while step < total_steps:
+            state, metrics = p_step(state, next(batches))
+            step += 1
+            window_images += config.data.batch_size
+            bar.update(1)
+            if step % config.train.log_every_steps == 0 or step == total_steps:
+                metrics = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+                elapsed = time.perf_counter() - window_start
+                metrics["images_per_sec"] = window_images / max(elapsed, 1e-9)
+                metrics["lr"] = float(optim.make_schedule(config.train, steps_per_epoch)(step))
+                log.write("train", step, metrics)
+                bar.set_postfix(
+                    loss=f"{metrics['loss']:.3f}", img_s=f"{metrics['images_per_sec']:.0f}"
+                )
+                window_start, window_images = time.perf_counter(), 0
+            epoch_done = step % steps_per_epoch == 0
+            epoch = step // steps_per_epoch
+            if step % config.train.checkpoint_every_steps == 0 or step == total_steps:
+                checkpointer.save(step, state)
+            if epoch_done and (epoch % config.train.eval_every_epochs == 0 or step == total_steps):
+                checkpointer.save(step, state)
+                bar.clear()
+                results = run_eval(step)
+                tqdm.write(f"epoch {epoch}: " + _short(results))
+    except KeyboardInterrupt:
+        bar.close()
+        checkpointer.save(step, state)
+        checkpointer.close()
+        raise UserError(
+            f"interrupted at step {step}; saved a checkpoint in {exp.workdir}/checkpoints, "
+            "rerun the same command to resume"
+        ) from None
+    bar.close()
+    checkpointer.close()
+    if "results" not in record or record.get("step") != step:
+        run_eval(step)
+    return record
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, export_path: str = "") -> dict:
+    """Evaluates the workdir's latest checkpoint, or an export bundle if `export_path` is set."""
+    exp = Experiment(config, workdir)
+    if export_path:
+        bundle = export.load(export_path)
+        if tuple(bundle.image_size) != tuple(config.data.image_size):
+            raise UserError(
+                f"the export takes {tuple(bundle.image_size)} images but data.image_size is "
+                f"{tuple(config.data.image_size)}; pass --config.data.image_size to match"
+            )
+
+        def embed(images):
+            flat = images.reshape(-1, *images.shape[2:])
+            features = bundle.embed_normalized(flat)
+            return jax.tree.map(lambda x: x.reshape(*images.shape[:2], *x.shape[1:]), features)
+
+        return evaluate_splits(embed, bundle.model_name, exp.eval_splits, config)
+    model, _, state = exp.restored_state()
+    return evaluate_splits(exp.embedder(model, state), config.model.name, exp.eval_splits, config)
+
+
+def export_bundle(config: ml_collections.ConfigDict, workdir: str, path: str = "") -> str:
+    """Writes the latest checkpoint as an inference bundle (default `<workdir>/export`)."""
+    exp = Experiment(config, workdir)
+    _, kwargs, state = exp.restored_state()
+    return export.write(
+        path or os.path.join(exp.workdir, "export"),
+        model_name=config.model.name,
+        model_kwargs=kwargs,
+        variables={"params": state.params, "batch_stats": state.batch_stats},
+        image_size=tuple(config.data.image_size),
+        matching={"metric": config.eval.metric, "flip": bool(config.eval.flip)},
+    )
+
+
+def extract(config: ml_collections.ConfigDict, workdir: str, path: str = "") -> str:
+    """Writes query and gallery features, pids and camids to an .npz (default `<workdir>/features.npz`).
+
+    Keys: `query_features` / `gallery_features` [N, D] (the features the model's matching rule
+    compares), `query_pids`, `query_camids`, `gallery_pids`, `gallery_camids`,
+    `query_filenames`, `gallery_filenames`, and every embedding as `query_<name>` /
+    `gallery_<name>`. Datasets with several query sets add them with their split name.
+    """
+    exp = Experiment(config, workdir)
+    model, _, state = exp.restored_state()
+    embed = exp.embedder(model, state)
+    arrays = {}
+    for split_name, split in exp.eval_splits.items():
+        prefix = "query" if split_name == "query" else split_name
+        features = extract_features(embed, split, config, desc=f"embed {split_name}")
+        arrays[f"{prefix}_features"] = distance_features(config.model.name, features)
+        for key, value in features.items():
+            arrays[f"{prefix}_{key}"] = value
+        arrays[f"{prefix}_pids"] = split.pids
+        arrays[f"{prefix}_camids"] = split.camids
+        arrays[f"{prefix}_filenames"] = split.filenames
+    path = path or os.path.join(exp.workdir, "features.npz")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _short(results: dict) -> str:
+    return "; ".join(
+        f"{row}: mAP {100 * m['mAP']:.1f}, R-1 {100 * m['rank1']:.1f}" for row, m in results.items()
+    )
+
+
+def _read_json(path: str):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path: str, value) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,108 @@
+"""Train state and the data-parallel training step.
+
+`train_step(state, batch)` is pure and uses only named-axis collectives (axis "batch"): the
+loss is computed on each device's slice of the global batch (whole identities, so batch-hard
+mining stays on the device), gradients and BatchNorm statistics are averaged with `lax.pmean`,
+and BatchNorm layers built with `bn_axis_name="batch"` normalise with statistics synchronised
+over all devices. It is wrapped by `jax.pmap(..., in_axes=(None, 0), out_axes=(None, 0))`, so
+the state is never replicated by hand; see `parallel_train_step`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+AXIS = "batch"
+
+
+class TrainState(train_state.TrainState):
+    """flax's TrainState plus BatchNorm statistics and the run's base rng key."""
+
+    batch_stats: Any
+    rng: jax.Array
+
+
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    image_size: tuple[int, int],
+) -> TrainState:
+    """Initialises params and batch stats with a [1, H, W, 3] dummy image."""
+    init_rng, state_rng = jax.random.split(rng)
+    dummy = jnp.zeros((1, *image_size, 3), jnp.float32)
+    variables = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=tx,
+        rng=state_rng,
+    )
+
+
+def train_step(
+    state: TrainState, batch: dict, *, objective: Callable
+) -> tuple[TrainState, dict]:
+    """One optimiser step on this device's slice of the global batch.
+
+    Must run under a mapped axis named "batch" (pmap or shard_map).
+
+    Args:
+      state: the train state, identical on every device.
+      batch: this device's slice: images [b, H, W, 3] float32 (normalised), labels [b] int32,
+        and optionally heatmaps [b, H/4, W/4, 17].
+      objective: `(aux, labels) -> (loss, metrics)`, e.g. a partial of `baseline_objective`.
+    Returns:
+      (new state, identical on every device; metrics averaged over devices).
+    """
+    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
+
+    def loss_fn(params):
+        (_, aux), updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["images"],
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": rng},
+        )
+        loss, metrics = objective(aux, batch["labels"])
+        return loss, (metrics, updates)
+
+    grads, (metrics, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, AXIS)
+    batch_stats = jax.lax.pmean(updates.get("batch_stats", {}), AXIS)
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    metrics = jax.lax.pmean(metrics, AXIS)
+    return new_state, metrics
+
+
+def parallel_train_step(objective: Callable) -> Callable:
+    """`train_step` mapped over the local devices: (state, [D, b, ...] batch) -> (state, metrics).
+
+    Metrics come back per device, [D] each (identical after the pmean).
+    """
+    return jax.pmap(
+        functools.partial(train_step, objective=objective),
+        axis_name=AXIS,
+        in_axes=(None, 0),
+        out_axes=(None, 0),
+    )
+
+
+def parallel_embed(model: nn.Module) -> Callable:
+    """(variables, images [D, b, H, W, 3]) -> embeddings dict of [D, b, ...] float32."""
+
+    def embed(variables, images):
+        embeddings, _ = model.apply(variables, images, train=False)
+        return jax.tree.map(lambda x: x.astype(jnp.float32), embeddings)
+
+    return jax.pmap(embed, axis_name=AXIS, in_axes=(None, 0))

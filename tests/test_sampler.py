@@ -1,0 +1,73 @@
+"""P x K identity sampler: composition, device layout, determinism, resumption."""
+
+import numpy as np
+import pytest
+
+from occreid_jax.data.sampler import IdentitySampler, check_batch_layout
+from occreid_jax.errors import UserError
+
+
+def _labels():
+    # 10 identities with 1..10 images each (identity 0 has fewer than K).
+    return np.repeat(np.arange(10), np.arange(1, 11))
+
+
+def test_every_batch_is_p_identities_times_k_images():
+    labels = _labels()
+    sampler = IdentitySampler(labels, batch_size=16, instances_per_id=4, num_devices=2, seed=3)
+    batches = sampler.epoch(0)
+    assert batches.shape == (sampler.steps_per_epoch, 16)
+    assert sampler.steps_per_epoch == len(labels) // 16
+    for batch in batches:
+        ids = labels[batch].reshape(4, 4)  # identity-major: P rows of K
+        assert (ids == ids[:, :1]).all(), "the K images of an identity must be adjacent"
+        assert len(set(ids[:, 0])) == 4, "P distinct identities per batch"
+        # Each device (contiguous half) receives whole identities.
+        halves = labels[batch].reshape(2, 8)
+        assert not set(halves[0]) & set(halves[1])
+
+
+def test_images_drawn_without_replacement_when_enough():
+    labels = _labels()
+    sampler = IdentitySampler(labels, batch_size=8, instances_per_id=4, seed=0)
+    for batch in sampler.epoch(1):
+        for group in batch.reshape(-1, 4):
+            members = set(np.flatnonzero(labels == labels[group[0]]))
+            assert set(group) <= members
+            if len(members) >= 4:
+                assert len(set(group)) == 4
+
+
+def test_deterministic_per_seed_and_epoch():
+    labels = _labels()
+    a = IdentitySampler(labels, 8, 4, seed=5)
+    b = IdentitySampler(labels, 8, 4, seed=5)
+    np.testing.assert_array_equal(a.epoch(2), b.epoch(2))
+    assert not np.array_equal(a.epoch(2), a.epoch(3))
+    assert not np.array_equal(a.epoch(2), IdentitySampler(labels, 8, 4, seed=6).epoch(2))
+
+
+def test_resuming_mid_epoch_gives_the_same_stream():
+    labels = _labels()
+    sampler = IdentitySampler(labels, 8, 4, seed=1)
+    full = sampler.batches_from(0)
+    stream = [next(full) for _ in range(3 * sampler.steps_per_epoch)]
+    resumed = sampler.batches_from(sampler.steps_per_epoch + 2)
+    for expected in stream[sampler.steps_per_epoch + 2 :]:
+        step, indices = next(resumed)
+        assert step == expected[0]
+        np.testing.assert_array_equal(indices, expected[1])
+
+
+def test_identities_used_evenly_over_an_epoch():
+    labels = np.repeat(np.arange(8), 8)
+    sampler = IdentitySampler(labels, 16, 4, seed=0)  # 4 steps x 4 identities = 2 passes of 8
+    counts = np.bincount(labels[sampler.epoch(0)].reshape(-1, 4)[:, 0], minlength=8)
+    np.testing.assert_array_equal(counts, np.full(8, 2))
+
+
+def test_bad_batch_layout_is_a_user_error():
+    with pytest.raises(UserError, match="not divisible by devices x K"):
+        check_batch_layout(batch_size=30, instances_per_id=4, num_devices=2)
+    with pytest.raises(UserError, match="identities"):
+        IdentitySampler(np.zeros(10, int), batch_size=8, instances_per_id=4)
