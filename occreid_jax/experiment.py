@@ -133,12 +133,13 @@ def evaluate_splits(embed_batch, model_name: str, eval_splits: dict, config) -> 
 
 
 def summarize(metrics: dict) -> dict:
-    """The scalar part of a metrics dict: mAP, mINP, Rank-1/5/10/20, number of queries."""
+    """JSON-able metrics: mAP, mINP, Rank-1/5/10/20, the CMC curve, number of queries."""
     cmc = np.asarray(metrics["cmc"])
     summary = {"mAP": float(metrics["mAP"]), "mINP": float(metrics["mINP"])}
     for rank in (1, 5, 10, 20):
         summary[f"rank{rank}"] = float(cmc[min(rank, len(cmc)) - 1])
     summary["num_queries"] = int(metrics["num_valid"])
+    summary["cmc"] = cmc.tolist()
     return summary
 
 

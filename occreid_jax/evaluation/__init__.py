@@ -1,0 +1,39 @@
+"""Re-ID evaluation: features -> distances -> CMC / mAP / mINP (no model, numpy only).
+
+Public API:
+    evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50) -> dict
+    evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric="cosine",
+                      max_rank=50, chunk_size=None, rerank=False, ...) -> dict
+    evaluate_distance_blocks(distance_block, q_pids, g_pids, q_camids, g_camids, ...)
+    re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3) -> [Q, G]
+    FeatureDistance, pairwise_distance, cosine_distance, squared_euclidean_distance, l2_normalize
+    format_results_table(rows) -> str
+"""
+
+from occreid_jax.evaluation.distances import (
+    METRICS,
+    FeatureDistance,
+    cosine_distance,
+    l2_normalize,
+    pairwise_distance,
+    squared_euclidean_distance,
+)
+from occreid_jax.evaluation.protocol import evaluate_distance_blocks, evaluate_features
+from occreid_jax.evaluation.ranking import evaluate_rank
+from occreid_jax.evaluation.report import format_results_table
+from occreid_jax.evaluation.rerank import k_reciprocal_rerank, re_ranking
+
+__all__ = [
+    "METRICS",
+    "FeatureDistance",
+    "cosine_distance",
+    "evaluate_distance_blocks",
+    "evaluate_features",
+    "evaluate_rank",
+    "format_results_table",
+    "k_reciprocal_rerank",
+    "l2_normalize",
+    "pairwise_distance",
+    "re_ranking",
+    "squared_euclidean_distance",
+]
