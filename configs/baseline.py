@@ -36,7 +36,9 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     """Returns the baseline config for one variant (dataset and size); see the module docstring."""
     variant = arg or "occluded_duke"
     if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r} for configs/baseline.py; use one of {VARIANTS}")
+        raise ValueError(
+            f"unknown variant {variant!r} for configs/baseline.py; use one of {VARIANTS}"
+        )
 
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -116,11 +118,11 @@ def _shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
     config.data.image_size = (128, 64)
     config.data.batch_size = 32
     config.data.pad = 4
-    config.train.epochs = 12
+    config.train.epochs = 40
     config.train.lr = 1e-3
-    config.train.warmup_epochs = 1
-    config.train.cosine_start_epoch = 6
-    config.train.eval_every_epochs = 6
+    config.train.warmup_epochs = 2
+    config.train.cosine_start_epoch = 20
+    config.train.eval_every_epochs = 20
     config.train.eval_at_start = True
     config.train.checkpoint_every_steps = 100
     config.train.log_every_steps = 20

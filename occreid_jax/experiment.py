@@ -26,6 +26,7 @@ from occreid_jax.matching import distance_features
 from occreid_jax.metrics_log import MetricsLog
 from occreid_jax.train import create_train_state, parallel_embed, parallel_train_step
 
+TRIPLET_METRICS = ("euclidean", "sqeuclidean", "cosine")
 # config.model fields that are not constructor arguments of the model.
 NON_MODEL_FIELDS = ("name", "backbone_init")
 
@@ -58,6 +59,20 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise UserError(
             "model.backbone_init is set but converting pretrained weights arrives with the "
             "pretrained-networks issue; leave --config.model.backbone_init empty for now"
+        )
+    check_batch_layout(
+        config.data.batch_size, config.data.instances_per_id, jax.local_device_count()
+    )
+    optim.make_optimizer(config.train, optim.make_schedule(config.train, 1))  # names checked
+    if config.eval.metric not in evaluation.METRICS:
+        raise UserError(
+            f"unknown eval.metric {config.eval.metric!r}; "
+            f"use one of {', '.join(evaluation.METRICS)}"
+        )
+    if config.loss.triplet_metric not in TRIPLET_METRICS:
+        raise UserError(
+            f"unknown loss.triplet_metric {config.loss.triplet_metric!r}; "
+            f"use one of {', '.join(TRIPLET_METRICS)}"
         )
     height, width = config.data.image_size
     if height % 32 or width % 32:
@@ -154,11 +169,18 @@ class Experiment:
         self.config = config
         self.workdir = os.path.abspath(workdir)
         self.num_devices = jax.local_device_count()
-        self.builder = datasets.prepare(
-            config.data.name, config.data.builder_config, config.data.data_dir
-        )
-        needed = {s for pair in datasets.eval_sets(config.data.name).values() for s in pair}
-        self.eval_splits = {
+
+    @functools.cached_property
+    def builder(self):
+        """The dataset's tfds builder, prepared (built on first use)."""
+        data = self.config.data
+        return datasets.prepare(data.name, data.builder_config, data.data_dir)
+
+    @functools.cached_property
+    def eval_splits(self) -> dict[str, datasets.Split]:
+        """Every split the dataset's evaluation rows need, in memory."""
+        needed = {s for pair in datasets.eval_sets(self.config.data.name).values() for s in pair}
+        return {
             name: datasets.load_split(self.builder, name, with_heatmaps=False) for name in needed
         }
 
@@ -207,7 +229,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from the workdir's latest checkpoint), evaluates, writes results.json."""
     exp = Experiment(config, workdir)
     train_split = datasets.load_split(exp.builder, "train", with_heatmaps=False)
-    check_batch_layout(config.data.batch_size, config.data.instances_per_id, exp.num_devices)
     sampler = IdentitySampler(
         train_split.labels,
         config.data.batch_size,
@@ -326,7 +347,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, export_path: str =
             return jax.tree.map(lambda x: x.reshape(*images.shape[:2], *x.shape[1:]), features)
 
         return evaluate_splits(embed, bundle.model_name, exp.eval_splits, config)
-    model, _, state = exp.restored_state()
+    model, _, state = exp.restored_state()  # before the dataset: fail fast without a checkpoint
     return evaluate_splits(exp.embedder(model, state), config.model.name, exp.eval_splits, config)
 
 
@@ -345,7 +366,7 @@ def export_bundle(config: ml_collections.ConfigDict, workdir: str, path: str = "
 
 
 def extract(config: ml_collections.ConfigDict, workdir: str, path: str = "") -> str:
-    """Writes query and gallery features, pids and camids to an .npz (default `<workdir>/features.npz`).
+    """Writes query and gallery features, pids, camids to `.npz` (default `<workdir>/features.npz`).
 
     Keys: `query_features` / `gallery_features` [N, D] (the features the model's matching rule
     compares), `query_pids`, `query_camids`, `gallery_pids`, `gallery_camids`,

@@ -14,7 +14,12 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+# TensorFlow only runs tf.data here. Its oneDNN kernels print a notice at import and make
+# float results depend on the CPU; neither is wanted for image decoding and augmentation.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from occreid_jax.errors import UserError
@@ -32,9 +37,16 @@ _OUTPUT = flags.DEFINE_string("output", "", "export: bundle folder; extract: .np
 
 def _run(argv) -> None:
     del argv
+    # orbax and tfds log every checkpoint and file at INFO; keep the terminal for progress.
+    logging.set_verbosity(logging.WARNING)
     from occreid_jax import evaluation, experiment
 
-    config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
+    try:
+        config = _CONFIG.value
+        config.model  # noqa: B018  (a config that failed to load raises on first access)
+    except Exception as error:  # the config file failed to load
+        raise UserError(f"cannot load --config: {_last_line(error)}") from error
+    workdir, mode = _WORKDIR.value, _MODE.value
     if mode == "train":
         record = experiment.train_and_evaluate(config, workdir)
         rows = dict(record["results"])
@@ -50,14 +62,40 @@ def _run(argv) -> None:
         print(f"features: {experiment.extract(config, workdir, _OUTPUT.value)}")
 
 
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with a bad --config (file, variant, override) reported in one line."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as error:  # config_flags wraps the config file's own exceptions
+        _fail(f"bad command line: {_last_line(error)}")
+    return []
+
+
+def _last_line(error: Exception) -> str:
+    """The informative end of a multi-line (wrapped) exception message, on one line."""
+    lines = [
+        line.strip()
+        for line in str(error).replace("\\n", "\n").splitlines()
+        if line.strip() and not line.strip().startswith(("Pass --help", "File ", "^"))
+    ]
+    if not lines:
+        return str(error)
+    tail = lines[-2:] if lines[-1].startswith("Did you mean") else lines[-1:]
+    return " ".join(tail).replace("'", "").replace("\\", "")
+
+
 def main() -> None:
     """Entry point: user mistakes end with one line on stderr and exit status 2."""
     flags.mark_flags_as_required(["config", "workdir"])
     try:
-        app.run(_run)
+        app.run(_run, flags_parser=_parse_flags)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(error))
 
 
 if __name__ == "__main__":

@@ -49,9 +49,7 @@ def create_train_state(
     )
 
 
-def train_step(
-    state: TrainState, batch: dict, *, objective: Callable
-) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, *, objective: Callable) -> tuple[TrainState, dict]:
     """One optimiser step on this device's slice of the global batch.
 
     Must run under a mapped axis named "batch" (pmap or shard_map).

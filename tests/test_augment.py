@@ -70,7 +70,9 @@ def test_random_erasing_fills_a_box_with_the_mean_and_leaves_the_rest():
     assert 0.02 * H * W * 0.8 <= erased.sum() <= 0.4 * H * W * 1.2
     rows, cols = np.flatnonzero(erased.any(1)), np.flatnonzero(erased.any(0))
     assert erased[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all(), "one rectangle"
-    np.testing.assert_allclose(out[erased], np.broadcast_to(augment.IMAGENET_MEAN, out[erased].shape))
+    np.testing.assert_allclose(
+        out[erased], np.broadcast_to(augment.IMAGENET_MEAN, out[erased].shape)
+    )
     untouched = augment.random_erasing(image, tf.constant([0, 3]), prob=0.0)
     np.testing.assert_array_equal(untouched, image)
 

@@ -101,7 +101,8 @@ def test_export_load_embed_reproduces_the_features(tmp_path):
         image_size=IMAGE,
         matching={"metric": "cosine", "flip": False},
     )
-    assert json.load(open(os.path.join(path, "model.json")))["model_kwargs"] == KWARGS
+    with open(os.path.join(path, "model.json")) as f:
+        assert json.load(f)["model_kwargs"] == KWARGS
 
     bundle = export.load(path)
     pixels = np.random.default_rng(3).uniform(0, 255, size=(5, *IMAGE, 3)).astype(np.float32)

@@ -94,7 +94,9 @@ def test_two_devices_match_one_device_on_the_same_global_batch(optimizer):
     start = _setup(optimizer=optimizer)
     moved = [
         np.abs(a - b).max()
-        for a, b in zip(jax.tree.leaves(start.params), jax.tree.leaves(state_two.params))
+        for a, b in zip(
+            jax.tree.leaves(start.params), jax.tree.leaves(state_two.params), strict=True
+        )
     ]
     assert max(moved) > 1e-4
 

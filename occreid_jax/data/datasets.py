@@ -75,6 +75,12 @@ def prepare(dataset: str, builder_config: str, data_dir: str):
     if dataset == "synthetic":
         from occreid_jax.data.synthetic import builder as synthetic_builder
 
+        known = synthetic_builder.SyntheticOccludedReid.builder_configs
+        if builder_config not in known:
+            raise UserError(
+                f"unknown data.builder_config {builder_config!r} for the synthetic benchmark; "
+                f"use one of {', '.join(known)}"
+            )
         return synthetic_builder.build(builder_config, default_data_dir(data_dir))
     if dataset in REAL_DATASETS:
         raise UserError(

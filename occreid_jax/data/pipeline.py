@@ -116,10 +116,6 @@ def train_batches(
     if with_heatmaps and split.heatmaps is None:
         raise UserError("this model needs keypoint heatmaps but the dataset ships none")
 
-    def batches():
-        for step, indices in sampler.batches_from(start_step):
-            yield step, indices
-
     def one_example(step, slot, index):
         example_seed = tf.stack([tf.constant(seed, tf.int64), step * global_batch + slot])
         image = _decode(tf.gather(images, index), image_size)
@@ -133,7 +129,7 @@ def train_batches(
         return out
 
     ds = tf.data.Dataset.from_generator(
-        batches,
+        lambda: sampler.batches_from(start_step),
         output_signature=(
             tf.TensorSpec([], tf.int64),
             tf.TensorSpec([global_batch], tf.int64),
