@@ -241,7 +241,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     total_steps = config.train.epochs * steps_per_epoch
     model, kwargs, checkpointer = exp.model_and_checkpointer(train_split.num_classes)
     train_model = model.clone(bn_axis_name="batch")
-    tx = optim.make_optimizer(config.train, optim.make_schedule(config.train, steps_per_epoch))
+    schedule = optim.make_schedule(config.train, steps_per_epoch)
+    tx = optim.make_optimizer(config.train, schedule)
     state = create_train_state(
         train_model, tx, jax.random.PRNGKey(config.seed), config.data.image_size
     )
@@ -300,7 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 metrics = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
                 elapsed = time.perf_counter() - window_start
                 metrics["images_per_sec"] = window_images / max(elapsed, 1e-9)
-                metrics["lr"] = float(optim.make_schedule(config.train, steps_per_epoch)(step))
+                metrics["lr"] = float(schedule(step - 1))  # the rate this step used
                 log.write("train", step, metrics)
                 bar.set_postfix(
                     loss=f"{metrics['loss']:.3f}", img_s=f"{metrics['images_per_sec']:.0f}"
