@@ -6,6 +6,11 @@ mining stays on the device), gradients and BatchNorm statistics are averaged wit
 and BatchNorm layers built with `bn_axis_name="batch"` normalise with statistics synchronised
 over all devices. It is wrapped by `jax.pmap(..., in_axes=(None, 0), out_axes=(None, 0))`, so
 the state is never replicated by hand; see `parallel_train_step`.
+
+The same function runs under `jax.jit(jax.shard_map(train_step, mesh, in_specs=(P(), P("batch")),
+out_specs=(P(), P()), check_vma=False))`. Keep `check_vma=False` there: with it on, autodiff
+already sums the gradients of the replicated params over devices, and the pmean below would
+then leave a sum, not a mean (tests/test_train_step.py checks the shard_map form).
 """
 
 from __future__ import annotations
