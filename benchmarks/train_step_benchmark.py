@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
-import os
 import platform
 import statistics
 import time
@@ -27,11 +25,9 @@ import numpy as np
 
 
 def _torch_twin():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_baseline.py")
-    spec = importlib.util.spec_from_file_location("torch_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import torch_baseline  # next to this script, which is on sys.path when run as a file
+
+    return torch_baseline
 
 
 def _batch(batch: int, k: int, size: tuple[int, int], seed: int = 0):

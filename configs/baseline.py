@@ -20,15 +20,8 @@ later issue and stop with a clear message until then).
 
 import ml_collections
 
-REAL_DATASETS = (
-    "occluded_duke",
-    "market1501",
-    "dukemtmc",
-    "msmt17",
-    "occluded_reid",
-    "partial_reid",
-    "partial_ilids",
-)
+from occreid_jax.data.datasets import REAL_DATASETS
+
 VARIANTS = ("synthetic",) + REAL_DATASETS
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,15 +14,10 @@ from occreid_jax.losses import cross_entropy_label_smoothing, pairwise_distance,
 
 
 def _torch_twin():
-    """benchmarks/torch_baseline.py, imported by path (benchmarks/ is not a package)."""
-    name = "occreid_torch_baseline_twin"
-    if name not in sys.modules:
-        path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "torch_baseline.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """benchmarks/torch_baseline.py (imports torch: call after importorskip)."""
+    from benchmarks import torch_baseline
+
+    return torch_baseline
 
 
 def softplus(x: float) -> float:

@@ -1,0 +1,1 @@
+"""Benchmark scripts and the PyTorch twin the tests compare against."""
