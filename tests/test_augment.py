@@ -40,7 +40,7 @@ def _check_aligned(image, heatmaps):
 @pytest.mark.parametrize("seed", range(6))
 def test_pad_and_crop_moves_heatmaps_with_the_image(seed):
     image, heatmaps = _scene(30.0, 60.0)
-    out_image, out_maps = augment.pad_and_crop(image, heatmaps, tf.constant([seed, 1]), pad=10)
+    out_image, out_maps, _ = augment.pad_and_crop(image, heatmaps, tf.constant([seed, 1]), pad=10)
     channel, blob = _check_aligned(out_image, out_maps)
     assert channel == JOINT
     assert np.all(np.abs(blob - [30.0, 60.0]) <= 10.0)  # moved by at most the padding
@@ -48,11 +48,11 @@ def test_pad_and_crop_moves_heatmaps_with_the_image(seed):
 
 def test_flip_mirrors_and_swaps_left_right_joints():
     image, heatmaps = _scene(20.0, 50.0)
-    out_image, out_maps = augment.flip(image, heatmaps, tf.constant(True))
+    out_image, out_maps, _ = augment.flip(image, heatmaps, tf.constant(True))
     channel, blob = _check_aligned(out_image, out_maps)
     assert channel == augment.COCO_FLIP_PERMUTATION[JOINT] == 8
     np.testing.assert_allclose(blob, [W - 20.0, 50.0], atol=0.5)
-    same_image, same_maps = augment.flip(image, heatmaps, tf.constant(False))
+    same_image, same_maps, _ = augment.flip(image, heatmaps, tf.constant(False))
     np.testing.assert_array_equal(same_image, image)
     np.testing.assert_array_equal(same_maps, heatmaps)
 
@@ -82,7 +82,7 @@ def test_full_chain_inside_tf_data_is_aligned_and_deterministic():
     seeds = tf.stack([tf.zeros(24, tf.int64), tf.range(24, dtype=tf.int64)], axis=1)
 
     def chain(seed, erasing):
-        out_image, out_maps = augment.train_augment(
+        out_image, out_maps, _ = augment.train_augment(
             image, heatmaps, seed, pad=10, flip_prob=0.5, erasing_prob=erasing
         )
         # Undo the normalisation to find the blob again.
@@ -105,3 +105,19 @@ def test_full_chain_inside_tf_data_is_aligned_and_deterministic():
 def test_normalize_matches_imagenet_statistics():
     pixel = tf.constant([[[123.675 + 58.395, 116.28, 103.53 - 57.375]]])
     np.testing.assert_allclose(augment.normalize(pixel), [[[1.0, 0.0, -1.0]]], atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_keypoints_move_with_the_image(seed):
+    image, heatmaps = _scene(30.0, 60.0)
+    keypoints = np.zeros((17, 3), np.float32)
+    keypoints[JOINT] = [30.0, 60.0, 1.0]
+    out_image, _, out_kp = augment.train_augment(
+        image, heatmaps, tf.constant([seed, 9]), pad=10, flip_prob=0.5, erasing_prob=0.0,
+        keypoints=tf.constant(keypoints),
+    )  # fmt: skip
+    out_image = np.asarray(out_image * augment.IMAGENET_STD + augment.IMAGENET_MEAN)
+    blob = _centroid((out_image[..., 0] > 128).astype(np.float32))
+    joint = int(np.flatnonzero(np.asarray(out_kp)[:, 2])[0])
+    assert joint in (JOINT, augment.COCO_FLIP_PERMUTATION[JOINT])
+    np.testing.assert_allclose(np.asarray(out_kp)[joint, :2], blob, atol=0.5)

@@ -52,7 +52,7 @@ def translate(image: tf.Tensor, dx: tf.Tensor, dy: tf.Tensor) -> tf.Tensor:
     )[0]
 
 
-def pad_and_crop(image, heatmaps, seed, pad: int):
+def pad_and_crop(image, heatmaps, seed, pad: int, keypoints=None):
     """Pads by `pad` zero pixels on every side and crops back at a random offset.
 
     Args:
@@ -60,32 +60,39 @@ def pad_and_crop(image, heatmaps, seed, pad: int):
       heatmaps: [H/4, W/4, J] float32, or None.
       seed: stateless seed [2].
       pad: padding in pixels (10 in the papers).
+      keypoints: [J, 3] float32 (x, y, visibility) in image pixels, or None.
     Returns:
-      (image, heatmaps) of the same shapes.
+      (image, heatmaps, keypoints), moved together.
     """
     if pad <= 0:
-        return image, heatmaps
+        return image, heatmaps, keypoints
     offsets = tf.random.stateless_uniform([2], seed, minval=0, maxval=2 * pad + 1, dtype=tf.int32)
     dx, dy = tf.cast(offsets[0] - pad, tf.float32), tf.cast(offsets[1] - pad, tf.float32)
     image = translate(image, dx, dy)
     if heatmaps is not None:
         heatmaps = translate(heatmaps, dx / HEATMAP_STRIDE, dy / HEATMAP_STRIDE)
-    return image, heatmaps
+    if keypoints is not None:
+        keypoints = keypoints - tf.stack([dx, dy, 0.0])
+    return image, heatmaps, keypoints
 
 
-def flip(image, heatmaps, do_flip: tf.Tensor):
-    """Mirrors the image (x -> W - x) and the heatmaps, swapping left and right joints."""
+def flip(image, heatmaps, do_flip: tf.Tensor, keypoints=None):
+    """Mirrors the image (x -> W - x), heatmaps and keypoints, swapping left and right joints."""
+    width = tf.cast(tf.shape(image)[1], tf.float32)
     image = tf.cond(do_flip, lambda: image[:, ::-1], lambda: image)
     if heatmaps is not None:
         flipped = tf.gather(heatmaps[:, ::-1], COCO_FLIP_PERMUTATION, axis=2)
         heatmaps = tf.cond(do_flip, lambda: flipped, lambda: heatmaps)
-    return image, heatmaps
+    if keypoints is not None:
+        mirrored = tf.gather(keypoints, COCO_FLIP_PERMUTATION) * [-1.0, 1.0, 1.0] + [width, 0, 0]
+        keypoints = tf.cond(do_flip, lambda: mirrored, lambda: keypoints)
+    return image, heatmaps, keypoints
 
 
-def random_flip(image, heatmaps, seed, prob: float):
+def random_flip(image, heatmaps, seed, prob: float, keypoints=None):
     """Flips with probability `prob`; see `flip`."""
     do_flip = tf.random.stateless_uniform([], seed) < prob
-    return flip(image, heatmaps, do_flip)
+    return flip(image, heatmaps, do_flip, keypoints)
 
 
 def random_erasing(
@@ -137,19 +144,22 @@ def normalize(image: tf.Tensor) -> tf.Tensor:
     return (image - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
 
 
-def train_augment(image, heatmaps, seed, *, pad: int, flip_prob: float, erasing_prob: float):
+def train_augment(
+    image, heatmaps, seed, *, pad: int, flip_prob: float, erasing_prob: float, keypoints=None
+):
     """The training chain: pad-and-crop, flip, random erasing, normalisation.
 
     Args:
       image: [H, W, 3] float32 in 0..255, already at the model's input size.
       heatmaps: [H/4, W/4, J] float32, or None.
       seed: stateless seed [2].
+      keypoints: [J, 3] float32 (x, y, visibility) in image pixels, or None.
     Returns:
-      (normalised image [H, W, 3], heatmaps or None).
+      (normalised image [H, W, 3], heatmaps or None, keypoints or None).
     """
     seeds = _seeds(seed, 3)
-    image, heatmaps = pad_and_crop(image, heatmaps, seeds[0], pad)
-    image, heatmaps = random_flip(image, heatmaps, seeds[1], flip_prob)
+    image, heatmaps, keypoints = pad_and_crop(image, heatmaps, seeds[0], pad, keypoints)
+    image, heatmaps, keypoints = random_flip(image, heatmaps, seeds[1], flip_prob, keypoints)
     if erasing_prob > 0:
         image = random_erasing(image, seeds[2], erasing_prob)
-    return normalize(image), heatmaps
+    return normalize(image), heatmaps, keypoints

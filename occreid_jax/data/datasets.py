@@ -43,7 +43,9 @@ class Split:
       camids: [N] int64 camera ids, 0-based.
       labels: [N] int64 train labels 0..C-1 (-1 outside the train split).
       filenames: [N] str.
-      heatmaps: [N, h, w, 17] uint8 keypoint heatmaps (stride 4), or None.
+      heatmaps: [N, h, w, 17] keypoint heatmaps (stride 4): uint8 (0..255 for 0..1, the
+        synthetic ground truth) or float16 (a memory-mapped `HeatmapStore` array), or None.
+      keypoints: [N, 17, 3] float32 (x, y, visibility) in image pixels, or None.
     """
 
     images: np.ndarray
@@ -52,6 +54,7 @@ class Split:
     labels: np.ndarray
     filenames: np.ndarray
     heatmaps: np.ndarray | None = None
+    keypoints: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.pids)
@@ -106,6 +109,8 @@ def load_split(builder, split: str, with_heatmaps: bool = True) -> Split:
     has_heatmaps = with_heatmaps and "heatmaps" in builder.info.features
     if has_heatmaps:
         columns["heatmaps"] = []
+    if "keypoints" in builder.info.features:
+        columns["keypoints"] = []
     for example in tfds.as_numpy(ds):
         for key, values in columns.items():
             values.append(example[key])
@@ -123,4 +128,5 @@ def load_split(builder, split: str, with_heatmaps: bool = True) -> Split:
         labels=np.asarray(columns["label"], np.int64),
         filenames=np.asarray([f.decode() for f in columns["filename"]]),
         heatmaps=np.stack(columns["heatmaps"]) if has_heatmaps else None,
+        keypoints=np.stack(columns["keypoints"]) if "keypoints" in columns else None,
     )

@@ -23,12 +23,13 @@ from occreid_jax.errors import UserError
 tf.config.set_visible_devices([], "GPU")
 
 
-def _decode(encoded: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
-    """Encoded bytes -> [H, W, 3] float32 RGB in 0..255 at `image_size`.
+def _decode(encoded: tf.Tensor, image_size: tuple[int, int]) -> tuple[tf.Tensor, tf.Tensor]:
+    """Encoded bytes -> ([H, W, 3] float32 RGB in 0..255 at `image_size`, stored (h, w)).
 
     Images of another size are resized bicubically (fast-reid's T.Resize(interpolation=3)).
     """
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    stored_size = tf.shape(image)[:2]
     image = tf.cast(image, tf.float32)
     height, width = image_size
     same_size = tf.logical_and(tf.shape(image)[0] == height, tf.shape(image)[1] == width)
@@ -37,18 +38,35 @@ def _decode(encoded: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
         lambda: image,
         lambda: tf.clip_by_value(tf.image.resize(image, image_size, method="bicubic"), 0, 255),
     )
-    return tf.ensure_shape(image, [height, width, 3])
+    return tf.ensure_shape(image, [height, width, 3]), stored_size
 
 
-def _heatmaps(stored: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
-    """Stored uint8 heatmaps [h, w, J] -> float32 in 0..1 at image_size / 4."""
-    heatmaps = tf.cast(stored, tf.float32) / 255.0
+def _heatmap_reader(heatmaps: np.ndarray):
+    """A tf op index -> [h, w, J] float32 heatmaps, read from host memory or a memory map.
+
+    uint8 arrays hold 0..1 as 0..255 (the synthetic ground truth); float16 ones (a
+    `HeatmapStore`) hold the values themselves.
+    """
+    scale = 1.0 / 255.0 if heatmaps.dtype == np.uint8 else 1.0
+
+    def read(index):
+        return np.asarray(heatmaps[int(index)], np.float32) * np.float32(scale)
+
+    def op(index):
+        maps = tf.numpy_function(read, [index], tf.float32, stateful=False)
+        return tf.ensure_shape(maps, heatmaps.shape[1:])
+
+    return op
+
+
+def _resize_heatmaps(heatmaps: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Heatmaps [h, w, J] -> [H/4, W/4, J] for the model's input size (bilinear)."""
     size = (image_size[0] // augment.HEATMAP_STRIDE, image_size[1] // augment.HEATMAP_STRIDE)
     same_size = tf.logical_and(tf.shape(heatmaps)[0] == size[0], tf.shape(heatmaps)[1] == size[1])
     heatmaps = tf.cond(
         same_size, lambda: heatmaps, lambda: tf.image.resize(heatmaps, size, method="bilinear")
     )
-    return tf.ensure_shape(heatmaps, [size[0], size[1], stored.shape[-1]])
+    return tf.ensure_shape(heatmaps, [size[0], size[1], heatmaps.shape[-1]])
 
 
 def _to_devices(batch: dict, num_devices: int) -> dict:
@@ -100,32 +118,51 @@ def train_batches(
     erasing_prob: float,
     seed: int,
     with_heatmaps: bool = False,
+    with_keypoints: bool = False,
 ) -> Iterator[dict]:
     """Infinite training batches starting at `start_step` (resumes mid-epoch exactly).
 
     Yields dicts of numpy arrays:
       images: [D, B/D, H, W, 3] float32, ImageNet-normalised.
       labels: [D, B/D] int32 train labels.
-      heatmaps: [D, B/D, H/4, W/4, 17] float32 in 0..1, only when `with_heatmaps`.
+      heatmaps: [D, B/D, H/4, W/4, 17] float32, only when `with_heatmaps` (from
+        `split.heatmaps`: ground truth or a precomputed store), moved with the image.
+      keypoints: [D, B/D, 17, 3] float32 (x, y, visibility), only when `with_keypoints`.
     """
     image_size = tuple(image_size)
     global_batch = sampler.batch_size
     images = tf.constant(split.images.tolist(), tf.string)
     labels = tf.constant(split.labels, tf.int32)
-    heatmaps = tf.constant(split.heatmaps) if with_heatmaps else None
     if with_heatmaps and split.heatmaps is None:
-        raise UserError("this model needs keypoint heatmaps but the dataset ships none")
+        raise UserError(
+            "this model needs keypoint heatmaps but none were loaded; set pose.source to "
+            "ground_truth (synthetic), precomputed (after --mode=heatmaps) or online"
+        )
+    if with_keypoints and split.keypoints is None:
+        raise UserError("keypoints were requested but the dataset has no keypoints feature")
+    read_heatmaps = _heatmap_reader(split.heatmaps) if with_heatmaps else None
+    keypoints = tf.constant(split.keypoints, tf.float32) if with_keypoints else None
 
     def one_example(step, slot, index):
         example_seed = tf.stack([tf.constant(seed, tf.int64), step * global_batch + slot])
-        image = _decode(tf.gather(images, index), image_size)
-        maps = _heatmaps(tf.gather(heatmaps, index), image_size) if with_heatmaps else None
-        image, maps = augment.train_augment(
-            image, maps, example_seed, pad=pad, flip_prob=flip_prob, erasing_prob=erasing_prob
-        )
+        image, stored_size = _decode(tf.gather(images, index), image_size)
+        maps = _resize_heatmaps(read_heatmaps(index), image_size) if with_heatmaps else None
+        points = None
+        if with_keypoints:
+            # Keypoints are in stored-image pixels; the resize scales them with the image.
+            scale = tf.constant([image_size[1], image_size[0]], tf.float32) / tf.cast(
+                stored_size[::-1], tf.float32
+            )
+            points = tf.gather(keypoints, index) * tf.concat([scale, [1.0]], 0)
+        image, maps, points = augment.train_augment(
+            image, maps, example_seed, pad=pad, flip_prob=flip_prob, erasing_prob=erasing_prob,
+            keypoints=points,
+        )  # fmt: skip
         out = {"images": image, "labels": tf.gather(labels, index)}
         if with_heatmaps:
             out["heatmaps"] = maps
+        if with_keypoints:
+            out["keypoints"] = points
         return out
 
     ds = tf.data.Dataset.from_generator(
@@ -169,7 +206,7 @@ def eval_batches(
     images = tf.constant(split.images.tolist(), tf.string)
 
     def one_example(index, valid):
-        image = _decode(tf.gather(images, index), image_size)
+        image, _ = _decode(tf.gather(images, index), image_size)
         return {"images": augment.normalize(image), "mask": valid}
 
     ds = tf.data.Dataset.from_tensor_slices((order, mask))
