@@ -129,7 +129,7 @@ def evaluate_splits(embed_batch, model_name: str, eval_splits: dict, config) -> 
         return cache[split_name]
 
     results = {}
-    for row, (query, gallery) in datasets.eval_sets(config.data.name).items():
+    for row, (query, gallery) in datasets.eval_sets(eval_dataset(config)).items():
         q, g = eval_splits[query], eval_splits[gallery]
         metrics = evaluation.evaluate_features(
             distance_features(model_name, features(query)),
@@ -145,6 +145,11 @@ def evaluate_splits(embed_batch, model_name: str, eval_splits: dict, config) -> 
         )
         results[row] = summarize(metrics)
     return results
+
+
+def eval_dataset(config) -> str:
+    """The dataset evaluated: `data.test_name` (cross-dataset protocol) or the training one."""
+    return config.data.test_name or config.data.name
 
 
 def summarize(metrics: dict) -> dict:
@@ -172,16 +177,34 @@ class Experiment:
 
     @functools.cached_property
     def builder(self):
-        """The dataset's tfds builder, prepared (built on first use)."""
+        """The training dataset's tfds builder, prepared (built on first use)."""
         data = self.config.data
-        return datasets.prepare(data.name, data.builder_config, data.data_dir)
+        return datasets.prepare(
+            data.name, data.builder_config, data.data_dir, data.manual_dir, data.strict
+        )
+
+    @functools.cached_property
+    def eval_builder(self):
+        """The evaluated dataset's builder: `data.test_name` if set, else the training one."""
+        data = self.config.data
+        if not data.test_name or data.test_name == data.name:
+            return self.builder
+        return datasets.prepare(
+            data.test_name,
+            data.test_builder_config,
+            data.data_dir,
+            data.test_manual_dir,
+            data.strict,
+        )
 
     @functools.cached_property
     def eval_splits(self) -> dict[str, datasets.Split]:
-        """Every split the dataset's evaluation rows need, in memory."""
-        needed = {s for pair in datasets.eval_sets(self.config.data.name).values() for s in pair}
+        """Every split the evaluation rows need, in memory."""
+        rows = datasets.eval_sets(eval_dataset(self.config))
+        needed = {split for pair in rows.values() for split in pair}
         return {
-            name: datasets.load_split(self.builder, name, with_heatmaps=False) for name in needed
+            name: datasets.load_split(self.eval_builder, name, with_heatmaps=False)
+            for name in needed
         }
 
     def model_and_checkpointer(self, num_classes: int):

@@ -19,7 +19,7 @@ SYNTHETIC = "--config=configs/baseline.py:synthetic"
         ([SYNTHETIC, "--config.data.batch_size=30"], "not divisible by devices x K"),
         ([SYNTHETIC, "--config.train.optimizer=adamw"], "unknown train.optimizer"),
         ([SYNTHETIC, "--mode=eval"], "no checkpoint in"),
-        (["--config=configs/baseline.py:market1501"], "has no tfds builder yet"),
+        (["--config=configs/baseline.py:market1501"], "--config.data.manual_dir=DIR"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, expected):

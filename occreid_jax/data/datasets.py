@@ -14,14 +14,13 @@ import numpy as np
 
 from occreid_jax.errors import UserError
 
-# Evaluation sets per dataset: row name -> (query split, gallery split).
-STANDARD_EVAL_SETS = {"query": ("query", "gallery")}
+# Evaluation rows of the synthetic benchmark: row name -> (query split, gallery split).
 SYNTHETIC_EVAL_SETS = {
     "occluded queries": ("query", "gallery"),
     "holistic queries": ("query_holistic", "gallery"),
 }
 
-# Datasets the papers report; their tfds builders arrive with the real-datasets issue.
+# Datasets the papers report (tfds builders in data/reid_builders, read from the user's copy).
 REAL_DATASETS = (
     "occluded_duke",
     "market1501",
@@ -31,6 +30,8 @@ REAL_DATASETS = (
     "partial_reid",
     "partial_ilids",
 )
+# Test-only sets: the standard protocol trains on Market-1501 and evaluates on them.
+TEST_ONLY_DATASETS = ("occluded_reid", "partial_reid", "partial_ilids")
 
 
 @dataclasses.dataclass
@@ -70,15 +71,26 @@ def default_data_dir(data_dir: str) -> str:
 
 def eval_sets(dataset: str) -> dict[str, tuple[str, str]]:
     """Named (query split, gallery split) pairs evaluated for `dataset`."""
-    return SYNTHETIC_EVAL_SETS if dataset == "synthetic" else STANDARD_EVAL_SETS
+    return SYNTHETIC_EVAL_SETS if dataset == "synthetic" else {dataset: ("query", "gallery")}
 
 
-def prepare(dataset: str, builder_config: str, data_dir: str):
-    """Returns a prepared tfds builder for `dataset`, building it on first use."""
+def prepare(
+    dataset: str, builder_config: str, data_dir: str, manual_dir: str = "", strict: bool = False
+):
+    """Returns a prepared tfds builder for `dataset`, building it on first use.
+
+    Args:
+      dataset: "synthetic" or a name in REAL_DATASETS.
+      builder_config: tfds builder config name; "" for the dataset's default.
+      data_dir: where tfds keeps prepared datasets ("" = ~/tensorflow_datasets).
+      manual_dir: the user's copy of a real dataset.
+      strict: fail instead of warning when split sizes differ from the published ones.
+    """
     if dataset == "synthetic":
         from occreid_jax.data.synthetic import builder as synthetic_builder
 
         known = synthetic_builder.SyntheticOccludedReid.builder_configs
+        builder_config = builder_config or "default"
         if builder_config not in known:
             raise UserError(
                 f"unknown data.builder_config {builder_config!r} for the synthetic benchmark; "
@@ -86,9 +98,14 @@ def prepare(dataset: str, builder_config: str, data_dir: str):
             )
         return synthetic_builder.build(builder_config, default_data_dir(data_dir))
     if dataset in REAL_DATASETS:
-        raise UserError(
-            f"dataset {dataset!r} has no tfds builder yet (the real-datasets issue adds it); "
-            "use the built-in benchmark: --config=configs/<model>.py:synthetic"
+        from occreid_jax.data import reid_builders
+
+        return reid_builders.prepare(
+            dataset,
+            manual_dir=manual_dir,
+            data_dir=default_data_dir(data_dir),
+            builder_config=builder_config or None,
+            strict=strict,
         )
     raise UserError(
         f"unknown dataset {dataset!r}; use 'synthetic' or one of {', '.join(REAL_DATASETS)}"
