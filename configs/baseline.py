@@ -46,7 +46,8 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     config.model.name = "baseline"
     config.model.backbone = "resnet50_ibn_a"
     config.model.last_stride = 1
-    # Path to converted ImageNet weights (a later issue adds the converter); "" trains from scratch.
+    # ImageNet weights of the backbone: resnet50_ibn_a-d9d0bb7b.pth (IBN-Net) or torchvision's
+    # resnet50 .pth, or a folder written by `python -m occreid_jax.convert`; "" = from scratch.
     config.model.backbone_init = ""
 
     config.data = ml_collections.ConfigDict()
@@ -71,6 +72,16 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     config.data.erasing_prob = 0.5
     # Evaluation batch over all devices.
     config.data.eval_batch_size = 128
+
+    config.pose = ml_collections.ConfigDict()
+    # none | ground_truth | precomputed | online (see occreid_jax/pose.py). The baseline is not
+    # pose-guided; pose-guided models read heatmaps from here.
+    config.pose.source = "none"
+    config.pose.net = "hrnet_w48"  # released Pirt: HRNet W48 (COCO); hrnet_w32 also works
+    # pose_hrnet_w48_256x192.pth, or a folder written by `python -m occreid_jax.convert`.
+    config.pose.init = ""
+    # Heatmap store of --mode=heatmaps; "" = <data_dir>/heatmaps/<dataset>-<config>-<net>-<HxW>.
+    config.pose.store = ""
 
     config.loss = ml_collections.ConfigDict()
     config.loss.ce_weight = 1.0

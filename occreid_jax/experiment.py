@@ -16,9 +16,9 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from occreid_jax import evaluation, export, nets, optim
+from occreid_jax import evaluation, export, nets, optim, pose
 from occreid_jax.checkpointing import Checkpointer
-from occreid_jax.data import datasets, pipeline
+from occreid_jax.data import datasets, heatmap_store, pipeline
 from occreid_jax.data.sampler import IdentitySampler, check_batch_layout
 from occreid_jax.errors import UserError
 from occreid_jax.losses.objectives import OBJECTIVES, LossConfig
@@ -27,6 +27,8 @@ from occreid_jax.metrics_log import MetricsLog
 from occreid_jax.train import create_train_state, parallel_embed, parallel_train_step
 
 TRIPLET_METRICS = ("euclidean", "sqeuclidean", "cosine")
+# Backbones with converters for ImageNet checkpoints (occreid_jax/convert.py).
+PRETRAINED_BACKBONES = ("resnet50", "resnet50_ibn_a")
 # config.model fields that are not constructor arguments of the model.
 NON_MODEL_FIELDS = ("name", "backbone_init")
 
@@ -55,11 +57,12 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise UserError(
             f"train.dtype={config.train.dtype!r} is not supported; use float32 or bfloat16"
         )
-    if config.model.backbone_init:
+    if config.model.backbone_init and config.model.backbone not in PRETRAINED_BACKBONES:
         raise UserError(
-            "model.backbone_init is set but converting pretrained weights arrives with the "
-            "pretrained-networks issue; leave --config.model.backbone_init empty for now"
+            f"model.backbone_init is set but there are no pretrained weights for backbone "
+            f"{config.model.backbone!r}; use one of {', '.join(PRETRAINED_BACKBONES)} or clear it"
         )
+    pose.check(config)
     check_batch_layout(
         config.data.batch_size, config.data.instances_per_id, jax.local_device_count()
     )
@@ -245,13 +248,75 @@ class Experiment:
         return functools.partial(p_embed, variables)
 
 
+def init_backbone(state, config):
+    """Loads ImageNet weights (`model.backbone_init`) into `params/batch_stats["backbone"]`."""
+    if not config.model.backbone_init:
+        return state
+    from occreid_jax import convert
+
+    pretrained = convert.load_variables(config.model.backbone, config.model.backbone_init)
+    for collection, current in (("params", state.params), ("batch_stats", state.batch_stats)):
+        expected = jax.tree.map(lambda x: x.shape, current["backbone"])
+        got = jax.tree.map(lambda x: x.shape, pretrained[collection])
+        if expected != got:
+            raise UserError(
+                f"the weights in {config.model.backbone_init} do not fit backbone "
+                f"{config.model.backbone!r} ({collection} differ); check model.backbone"
+            )
+    return state.replace(
+        params={**state.params, "backbone": pretrained["params"]},
+        batch_stats={**state.batch_stats, "backbone": pretrained["batch_stats"]},
+    )
+
+
 # ----------------------------------------------------------------------------- modes
+
+
+def precompute_heatmaps(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """Runs the frozen pose net over every split the run reads and stores the heatmaps.
+
+    Resumable: rerunning continues each split where it stopped. Returns the store folders.
+    """
+    del workdir  # the stores live with the datasets, not with one run
+    if config.pose.net not in pose.POSE_NETS:
+        raise UserError(f"unknown pose.net {config.pose.net!r}; use one of {pose.POSE_NETS}")
+    exp = Experiment(config, workdir="")
+    module, variables = pose.load_pose_net(config)
+    pose_fn = pose.parallel_pose_fn(module, variables)
+    data = config.data
+    jobs = [(data.name, data.builder_config, exp.builder, ["train"])]
+    eval_name = eval_dataset(config)
+    eval_splits = sorted({s for pair in datasets.eval_sets(eval_name).values() for s in pair})
+    if exp.eval_builder is exp.builder:
+        jobs[0][3].extend(eval_splits)
+    else:
+        jobs.append((eval_name, data.test_builder_config, exp.eval_builder, eval_splits))
+    roots = []
+    for dataset, builder_config, builder, split_names in jobs:
+        store = pose.store(config, dataset, builder_config)
+        for name in split_names:
+            split = datasets.load_split(builder, name, with_heatmaps=False)
+            batches = pipeline.eval_batches(
+                split,
+                image_size=data.image_size,
+                batch_size=data.eval_batch_size,
+                num_devices=exp.num_devices,
+            )
+            heatmap_store.precompute(
+                store, name, len(split), batches, pose_fn, data.eval_batch_size
+            )
+        roots.append(store.root)
+    return roots
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from the workdir's latest checkpoint), evaluates, writes results.json."""
     exp = Experiment(config, workdir)
-    train_split = datasets.load_split(exp.builder, "train", with_heatmaps=False)
+    source = config.pose.source
+    train_split = datasets.load_split(exp.builder, "train", with_heatmaps=source == "ground_truth")
+    if source == "precomputed":
+        store = pose.store(config, config.data.name, config.data.builder_config)
+        train_split.heatmaps = store.read("train", len(train_split))
     sampler = IdentitySampler(
         train_split.labels,
         config.data.batch_size,
@@ -269,6 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = create_train_state(
         train_model, tx, jax.random.PRNGKey(config.seed), config.data.image_size
     )
+    state = init_backbone(state, config)
     state = checkpointer.restore_latest(state)
     start_step = int(state.step)
     log = MetricsLog(exp.workdir)
@@ -299,7 +365,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         OBJECTIVES[config.model.name],
         cfg=LossConfig.from_config(config.loss),
     )
-    p_step = parallel_train_step(objective)
+    pose_apply, pose_variables = None, None
+    if source == "online":
+        pose_module, pose_variables = pose.load_pose_net(config)
+        pose_apply = functools.partial(pose_module.apply, train=False)
+    p_step = parallel_train_step(objective, pose_apply)
     batches = pipeline.train_batches(
         train_split,
         sampler,
@@ -310,13 +380,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         flip_prob=config.data.flip_prob,
         erasing_prob=config.data.erasing_prob,
         seed=config.seed,
+        with_heatmaps=source in ("ground_truth", "precomputed"),
     )
     step = start_step
     bar = tqdm(total=total_steps, initial=start_step, unit="step", desc="train", dynamic_ncols=True)
     window_start, window_images = time.perf_counter(), 0
     try:
         while step < total_steps:
-            state, metrics = p_step(state, next(batches))
+            state, metrics = p_step(state, next(batches), pose_variables)
             step += 1
             window_images += config.data.batch_size
             bar.update(1)

@@ -5,6 +5,8 @@
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=eval --export=runs/demo/export
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=export [--output=DIR]
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=extract [--output=FILE.npz]
+  python -m occreid_jax.main --config=... --workdir=runs/demo --mode=heatmaps \
+      --config.pose.init=pose_hrnet_w48_256x192.pth
 
 Any config field can be overridden: --config.train.epochs=2 --config.data.batch_size=32.
 """
@@ -24,7 +26,7 @@ from ml_collections import config_flags
 
 from occreid_jax.errors import UserError
 
-MODES = ("train", "eval", "export", "extract")
+MODES = ("train", "eval", "export", "extract", "heatmaps")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and variant, e.g. configs/baseline.py:synthetic.", lock_config=True
@@ -56,6 +58,9 @@ def _run(argv) -> None:
         print(f"results: {os.path.join(os.path.abspath(workdir), 'results.json')}")
     elif mode == "eval":
         print(evaluation.format_results_table(experiment.evaluate(config, workdir, _EXPORT.value)))
+    elif mode == "heatmaps":
+        for root in experiment.precompute_heatmaps(config, workdir):
+            print(f"heatmaps: {root}")
     elif mode == "export":
         print(f"export: {experiment.export_bundle(config, workdir, _OUTPUT.value)}")
     else:

@@ -54,7 +54,14 @@ def create_train_state(
     )
 
 
-def train_step(state: TrainState, batch: dict, *, objective: Callable) -> tuple[TrainState, dict]:
+def train_step(
+    state: TrainState,
+    batch: dict,
+    pose_variables: Any = None,
+    *,
+    objective: Callable,
+    pose_apply: Callable | None = None,
+) -> tuple[TrainState, dict]:
     """One optimiser step on this device's slice of the global batch.
 
     Must run under a mapped axis named "batch" (pmap or shard_map).
@@ -62,12 +69,19 @@ def train_step(state: TrainState, batch: dict, *, objective: Callable) -> tuple[
     Args:
       state: the train state, identical on every device.
       batch: this device's slice: images [b, H, W, 3] float32 (normalised), labels [b] int32,
-        and optionally heatmaps [b, H/4, W/4, 17].
+        and optionally heatmaps [b, H/4, W/4, 17] (passed to the model as `heatmaps=`).
+      pose_variables: variables of the frozen pose net (`pose.source = "online"`), or None.
       objective: `(aux, labels) -> (loss, metrics)`, e.g. a partial of `baseline_objective`.
+      pose_apply: `(pose_variables, images) -> heatmaps [b, H/4, W/4, 17]`, run in inference
+        mode without gradient on the augmented images; None unless the pose source is online.
     Returns:
       (new state, identical on every device; metrics averaged over devices).
     """
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
+    if pose_apply is not None:
+        heatmaps = jax.lax.stop_gradient(pose_apply(pose_variables, batch["images"]))
+        batch = {**batch, "heatmaps": heatmaps.astype(jnp.float32)}
+    model_inputs = {"heatmaps": batch["heatmaps"]} if "heatmaps" in batch else {}
 
     def loss_fn(params):
         (_, aux), updates = state.apply_fn(
@@ -76,6 +90,7 @@ def train_step(state: TrainState, batch: dict, *, objective: Callable) -> tuple[
             train=True,
             mutable=["batch_stats"],
             rngs={"dropout": rng},
+            **model_inputs,
         )
         loss, metrics = objective(aux, batch["labels"])
         return loss, (metrics, updates)
@@ -88,17 +103,23 @@ def train_step(state: TrainState, batch: dict, *, objective: Callable) -> tuple[
     return new_state, metrics
 
 
-def parallel_train_step(objective: Callable) -> Callable:
-    """`train_step` mapped over the local devices: (state, [D, b, ...] batch) -> (state, metrics).
+def parallel_train_step(objective: Callable, pose_apply: Callable | None = None) -> Callable:
+    """`train_step` mapped over the local devices.
 
-    Metrics come back per device, [D] each (identical after the pmean).
+    (state, batch of [D, b, ...] arrays[, pose variables]) -> (state, metrics of [D] each,
+    identical after the pmean).
     """
-    return jax.pmap(
-        functools.partial(train_step, objective=objective),
+    mapped = jax.pmap(
+        functools.partial(train_step, objective=objective, pose_apply=pose_apply),
         axis_name=AXIS,
-        in_axes=(None, 0),
+        in_axes=(None, 0, None),
         out_axes=(None, 0),
     )
+
+    def step(state: TrainState, batch: dict, pose_variables: Any = None):
+        return mapped(state, batch, pose_variables)
+
+    return step
 
 
 def parallel_embed(model: nn.Module) -> Callable:

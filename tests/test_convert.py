@@ -270,3 +270,34 @@ def test_cli_round_trip(twins, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "already exists" in err[0] and "looks like hrnet_w32" in err[1]
     assert not os.path.exists(tmp_path / "w48")
+
+
+# ----------------------------------------------------------------------------- integration
+
+
+def test_backbone_init_puts_converted_weights_under_the_baseline_backbone(twins):
+    """`model.backbone_init` (a .pth) gives the Baseline the twin's backbone exactly."""
+    import ml_collections
+
+    from configs import baseline
+    from occreid_jax import experiment, nets, optim
+    from occreid_jax.train import create_train_state
+
+    config = baseline.get_config("market1501")
+    config.model.backbone = "resnet50_ibn_a"
+    config.model.backbone_init = twins.path("resnet50_ibn_a")
+    model = nets.build_model("baseline", num_classes=4, backbone="resnet50_ibn_a")
+    tx = optim.make_optimizer(config.train, optim.make_schedule(config.train, 1))
+    state = create_train_state(model, tx, jax.random.PRNGKey(0), (64, 32))
+    loaded = experiment.init_backbone(state, config)
+    _assert_same_tree(loaded.params["backbone"], twins.converted("resnet50_ibn_a")[1]["params"])
+    _, aux = model.apply(
+        {"params": loaded.params, "batch_stats": loaded.batch_stats}, _images((64, 32)), False
+    )
+    expected = twins.expected("resnet50_ibn_a", _images((64, 32))).mean(axis=(1, 2))
+    assert _relative_error(aux["global_feat"], expected) < 1e-4
+    # The head keeps its own initialisation; a mismatched backbone name is refused.
+    _assert_same_tree(loaded.params["classifier"], state.params["classifier"])
+    config.model.backbone = "resnet50"
+    with pytest.raises(UserError, match="resnet50_ibn_a"):
+        experiment.init_backbone(state, ml_collections.ConfigDict(config))

@@ -53,13 +53,15 @@ class Baseline(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, train: bool
+        self, x: jax.Array, train: bool, heatmaps: jax.Array | None = None
     ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         """Embeds a batch of images.
 
         Args:
           x: [B, H, W, 3] float images, ImageNet-normalised.
           train: BatchNorm in batch-statistics mode (the caller makes "batch_stats" mutable).
+          heatmaps: [B, H/4, W/4, 17] keypoint heatmaps; ignored (the baseline is not
+            pose-guided), accepted so that every model has one call signature.
 
         Returns:
           (embeddings, aux), all float32:
