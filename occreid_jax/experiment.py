@@ -303,7 +303,7 @@ def precompute_heatmaps(config: ml_collections.ConfigDict, workdir: str) -> list
                 num_devices=exp.num_devices,
             )
             heatmap_store.precompute(
-                store, name, len(split), batches, pose_fn, data.eval_batch_size
+                store, name, split.filenames, batches, pose_fn, data.eval_batch_size
             )
         roots.append(store.root)
     return roots
@@ -316,7 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_split = datasets.load_split(exp.builder, "train", with_heatmaps=source == "ground_truth")
     if source == "precomputed":
         store = pose.store(config, config.data.name, config.data.builder_config)
-        train_split.heatmaps = store.read("train", len(train_split))
+        train_split.heatmaps = store.read("train", train_split.filenames)
     sampler = IdentitySampler(
         train_split.labels,
         config.data.batch_size,

@@ -34,7 +34,7 @@ def _ground_truth_pose_fn(split, calls):
 
 def _precompute(store, split, pose_fn, batch_size=8):
     batches = pipeline.eval_batches(split, image_size=SIZE, batch_size=batch_size, num_devices=2)
-    heatmap_store.precompute(store, "train", len(split), batches, pose_fn, batch_size, chunk=8)
+    heatmap_store.precompute(store, "train", split.filenames, batches, pose_fn, batch_size, chunk=8)
 
 
 def test_interrupted_precompute_resumes_and_stores_exact_heatmaps(train_split, tmp_path):
@@ -57,7 +57,7 @@ def test_interrupted_precompute_resumes_and_stores_exact_heatmaps(train_split, t
     position["next"] = done
     _precompute(store, train_split, pose_fn)
     assert calls[0] == done
-    stored = store.read("train", len(train_split))
+    stored = store.read("train", train_split.filenames)
     assert stored.dtype == np.float16 and stored.shape == (len(train_split), 32, 16, 17)
     np.testing.assert_allclose(stored, train_split.heatmaps / 255.0, atol=1e-3)
 
@@ -69,13 +69,23 @@ def test_a_store_of_another_pose_net_or_size_is_refused(tmp_path):
     with pytest.raises(UserError, match="image_size"):
         heatmap_store.HeatmapStore(str(tmp_path / "s"), "hrnet_w48", (384, 128))
     with pytest.raises(UserError, match="run --mode=heatmaps"):
-        heatmap_store.HeatmapStore(str(tmp_path / "s"), "hrnet_w48", (256, 128)).read("query", 5)
+        heatmap_store.HeatmapStore(str(tmp_path / "s"), "hrnet_w48", (256, 128)).read("q", ["a"])
+
+
+def test_a_store_of_other_images_is_refused(train_split, tmp_path):
+    store = heatmap_store.HeatmapStore(str(tmp_path / "store"), "ground_truth", SIZE)
+    _precompute(store, train_split, _ground_truth_pose_fn(train_split, [])[0])
+    renamed = list(train_split.filenames[::-1])
+    with pytest.raises(UserError, match="missing, incomplete .* or of other images"):
+        store.read("train", renamed)
+    with pytest.raises(UserError, match="holds split 'train' of other images"):
+        store.write("train", renamed, iter([]))
 
 
 def test_stored_heatmaps_follow_flips_and_crops_in_the_pipeline(train_split, tmp_path):
     store = heatmap_store.HeatmapStore(str(tmp_path / "store"), "ground_truth", SIZE)
     _precompute(store, train_split, _ground_truth_pose_fn(train_split, [])[0])
-    train_split.heatmaps = store.read("train", len(train_split))
+    train_split.heatmaps = store.read("train", train_split.filenames)
     sampler = IdentitySampler(train_split.labels, 8, 4, num_devices=2, seed=1)
     batches = pipeline.train_batches(
         train_split, sampler, start_step=0, image_size=SIZE, num_devices=2, pad=10,

@@ -91,8 +91,8 @@ def test_heatmaps_mode_fills_a_store_that_training_reads(hrnet_folder, tmp_path)
     builder = datasets.prepare("synthetic", "tiny", config.data.data_dir)
     query = datasets.load_split(builder, "query", with_heatmaps=False)
     for name in ("train", "query", "gallery", "query_holistic"):
-        assert store.is_complete(name, len(datasets.load_split(builder, name, False)))
-    stored = store.read("query", len(query))
+        assert store.is_complete(name, datasets.load_split(builder, name, False).filenames)
+    stored = store.read("query", query.filenames)
     import tensorflow as tf
 
     image = tf.image.resize(tf.io.decode_png(query.images[-1]), (64, 32), method="bicubic")

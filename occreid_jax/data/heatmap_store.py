@@ -4,7 +4,7 @@ Pirt reads COCO heatmaps of a frozen HRNet. Running the pose net once per image 
 its 1/4-resolution output saves that forward pass in every training step. Layout:
 
   <root>/meta.json        pose net, input size, heatmap size, dtype, and per split the number
-                          of images and how many are done
+                          of images, a digest of their names in order, and how many are done
   <root>/<split>.npy      [N, H/4, W/4, 17] float16 (numpy .npy, opened as a memory map)
 
 float16, not 8-bit: Pirt binarises heatmaps at tau = 0.001, below an 8-bit step of a peak near
@@ -19,9 +19,10 @@ so an interrupted precompute continues where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -86,14 +87,19 @@ class HeatmapStore:
         """How many images of `split` are stored."""
         return int(self.meta["splits"].get(split, {}).get("done", 0))
 
-    def is_complete(self, split: str, num_images: int) -> bool:
+    def is_complete(self, split: str, filenames: Sequence[str]) -> bool:
+        """Whether every image of `split` (these files, in this order) is stored."""
         info = self.meta["splits"].get(split)
-        return bool(info) and info["num"] == num_images and info["done"] == num_images
+        return (
+            bool(info)
+            and info["key"] == images_key(filenames)
+            and info["done"] == info["num"] == len(filenames)
+        )
 
     def write(
         self,
         split: str,
-        num_images: int,
+        filenames: Sequence[str],
         batches: Iterable[tuple[int, np.ndarray]],
         chunk: int = 256,
     ) -> None:
@@ -101,21 +107,23 @@ class HeatmapStore:
 
         Args:
           split: split name.
-          num_images: N, the split's size.
+          filenames: [N] the split's image names in dataset order; the store is keyed by them.
           batches: (first index, heatmaps [b, H/4, W/4, 17]) in order, starting at
             `self.done(split)` (the caller skips what is done).
           chunk: flush and advance `done` at least every this many images.
         """
+        num_images, key = len(filenames), images_key(filenames)
         info = self.meta["splits"].get(split)
-        if info and info["num"] != num_images:
+        if info and info["key"] != key:
             raise UserError(
-                f"the heatmap store {self.root} has {info['num']} images for split {split!r} but "
-                f"the dataset has {num_images}; delete {self._path(split)} to recompute it"
+                f"the heatmap store {self.root} holds split {split!r} of other images "
+                f"({info['num']} images, now {num_images}); delete {self._path(split)} to "
+                "recompute it"
             )
         shape = (num_images, *self.heatmap_size, NUM_JOINTS)
         if info is None or not os.path.exists(self._path(split)):
             np.lib.format.open_memmap(self._path(split), mode="w+", dtype=np.float16, shape=shape)
-            self.meta["splits"][split] = {"num": num_images, "done": 0}
+            self.meta["splits"][split] = {"num": num_images, "key": key, "done": 0}
             self._write_meta()
         array = np.load(self._path(split), mmap_mode="r+")
         done = self.done(split)
@@ -137,20 +145,27 @@ class HeatmapStore:
         array.flush()
         del array
 
-    def read(self, split: str, num_images: int) -> np.ndarray:
-        """The complete [N, H/4, W/4, 17] float16 array of `split`, memory-mapped."""
-        if not self.is_complete(split, num_images):
+    def read(self, split: str, filenames: Sequence[str]) -> np.ndarray:
+        """The complete [N, H/4, W/4, 17] float16 array of `split`, memory-mapped, row i for
+        `filenames[i]`."""
+        if not self.is_complete(split, filenames):
             raise UserError(
-                f"heatmaps of split {split!r} in {self.root} are missing or incomplete "
-                f"({self.done(split)} of {num_images}); run --mode=heatmaps first"
+                f"heatmaps of split {split!r} in {self.root} are missing, incomplete "
+                f"({self.done(split)} of {len(filenames)}) or of other images; "
+                "run --mode=heatmaps first"
             )
         return np.load(self._path(split), mmap_mode="r")
+
+
+def images_key(filenames: Sequence[str]) -> str:
+    """A digest of the split's image names in order: row i of a store belongs to file i."""
+    return hashlib.sha1("\n".join(map(str, filenames)).encode()).hexdigest()
 
 
 def precompute(
     store: HeatmapStore,
     split: str,
-    num_images: int,
+    filenames: Sequence[str],
     eval_batches: Iterable[dict],
     pose_fn: Callable[[np.ndarray], np.ndarray],
     batch_size: int,
@@ -161,19 +176,20 @@ def precompute(
     Args:
       store: the destination.
       split: split name.
-      num_images: N.
+      filenames: [N] the split's image names in dataset order.
       eval_batches: the split's evaluation batches in order (`pipeline.eval_batches`), each
         with `images` [D, b, H, W, 3] normalised and `mask` [D, b].
       pose_fn: normalised images [D, b, H, W, 3] -> heatmaps [D, b, H/4, W/4, 17].
       batch_size: images per batch (D * b), to skip the batches already done.
       chunk: progress is saved at least every this many images.
     """
-    done = store.done(split)
-    if store.is_complete(split, num_images):
+    if store.is_complete(split, filenames):
         return
+    num_images = len(filenames)
+    info = store.meta["splits"].get(split)
+    done = store.done(split) if info and info["key"] == images_key(filenames) else 0
     skip = done // batch_size
-    if done % batch_size:  # a chunk boundary always falls on a batch; redo a partial one
-        done = skip * batch_size
+    done = skip * batch_size  # progress is saved on batch boundaries; redo a partial batch
 
     def produce():
         first = 0
@@ -190,5 +206,6 @@ def precompute(
             bar.update(len(heatmaps))
         bar.close()
 
-    store.meta["splits"].setdefault(split, {"num": num_images, "done": 0})["done"] = done
-    store.write(split, num_images, produce(), chunk=chunk)
+    if info and info["key"] == images_key(filenames):
+        info["done"] = done
+    store.write(split, filenames, produce(), chunk=chunk)
