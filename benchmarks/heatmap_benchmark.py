@@ -15,6 +15,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 
 import jax
@@ -22,6 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from occreid_jax.nets.hrnet import POSE_NETS
+
+# Run as a file: make the repository root importable for `benchmarks.*`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def random_variables(module, seed: int = 0) -> dict:
