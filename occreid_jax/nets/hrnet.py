@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from occreid_jax.nets.resnet import BN_MOMENTUM, NORM_EPS, Bottleneck, conv_kernel_init
+from occreid_jax.nets.resnet import Bottleneck, batch_norm, conv_kernel_init
 
 NUM_JOINTS = 17  # COCO keypoints.
 # (modules, branches) of stages 2, 3, 4; every branch has 4 BasicBlocks (official w32/w48).
@@ -54,14 +54,9 @@ def _conv(features: int, kernel: int, strides: int, dtype: Any, name: str) -> nn
     )
 
 
-def _bn(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=BN_MOMENTUM,
-        epsilon=NORM_EPS,
-        dtype=dtype,
-        name=name,
-    )
+def _bn(train: bool, dtype: Any, name: str):
+    """BatchNorm as torch's (eps 1e-5, momentum 0.1); the frozen pose net is never synced."""
+    return batch_norm(train, dtype, None, name)
 
 
 class ConvBN(nn.Module):

@@ -39,9 +39,10 @@ BN_MOMENTUM = 0.9  # flax convention: new = 0.9 * old + 0.1 * batch (torch momen
 NORM_EPS = 1e-5
 
 
-def _batch_norm(
+def batch_norm(
     train: bool, dtype: Any, axis_name: str | None, name: str
 ) -> Callable[[jax.Array], jax.Array]:
+    """BatchNorm matching torch (eps 1e-5, momentum 0.1), synced over `axis_name` if given."""
     return nn.BatchNorm(
         use_running_average=not train,
         momentum=BN_MOMENTUM,
@@ -72,7 +73,7 @@ class IBN(nn.Module):
         """[B, H, W, planes] -> [B, H, W, planes]."""
         half = int(self.planes * self.ratio)
         x_in = nn.InstanceNorm(epsilon=NORM_EPS, dtype=self.dtype, name="IN")(x[..., :half])
-        x_bn = _batch_norm(train, self.dtype, self.bn_axis_name, "BN")(x[..., half:])
+        x_bn = batch_norm(train, self.dtype, self.bn_axis_name, "BN")(x[..., half:])
         return jnp.concatenate([x_in, x_bn], axis=-1)
 
 
@@ -109,19 +110,19 @@ class Bottleneck(nn.Module):
                 y, train
             )
         else:
-            y = _batch_norm(train, self.dtype, self.bn_axis_name, "bn1")(y)
+            y = batch_norm(train, self.dtype, self.bn_axis_name, "bn1")(y)
         y = nn.relu(y)
         y = conv(self.planes, (3, 3), strides=(s, s), padding=((1, 1), (1, 1)), name="conv2")(y)
-        y = nn.relu(_batch_norm(train, self.dtype, self.bn_axis_name, "bn2")(y))
+        y = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name, "bn2")(y))
         y = conv(4 * self.planes, (1, 1), padding="VALID", name="conv3")(y)
-        y = _batch_norm(train, self.dtype, self.bn_axis_name, "bn3")(y)
+        y = batch_norm(train, self.dtype, self.bn_axis_name, "bn3")(y)
 
         shortcut = x
         if self.downsample:
             shortcut = conv(
                 4 * self.planes, (1, 1), strides=(s, s), padding="VALID", name="downsample_conv"
             )(x)
-            shortcut = _batch_norm(train, self.dtype, self.bn_axis_name, "downsample_bn")(shortcut)
+            shortcut = batch_norm(train, self.dtype, self.bn_axis_name, "downsample_bn")(shortcut)
         return nn.relu(y + shortcut)
 
 
@@ -168,7 +169,7 @@ class ResNet(nn.Module):
             kernel_init=conv_kernel_init,
             name="conv1",
         )(x)
-        x = nn.relu(_batch_norm(train, self.dtype, self.bn_axis_name, "bn1")(x))
+        x = nn.relu(batch_norm(train, self.dtype, self.bn_axis_name, "bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf
 
         num_stages = len(self.stage_sizes)
