@@ -24,7 +24,12 @@ from occreid_jax.errors import UserError
 from occreid_jax.losses.objectives import OBJECTIVES, LossConfig
 from occreid_jax.matching import distance_features
 from occreid_jax.metrics_log import MetricsLog
-from occreid_jax.train import create_train_state, parallel_embed, parallel_train_step
+from occreid_jax.train import (
+    create_train_state,
+    parallel_embed,
+    parallel_train_step,
+    replicate,
+)
 
 TRIPLET_METRICS = ("euclidean", "sqeuclidean", "cosine")
 # Backbones with converters for ImageNet checkpoints (occreid_jax/convert.py).
@@ -334,8 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = create_train_state(
         train_model, tx, jax.random.PRNGKey(config.seed), config.data.image_size
     )
-    state = init_backbone(state, config)
-    state = checkpointer.restore_latest(state)
+    state = replicate(checkpointer.restore_latest(init_backbone(state, config)))
     start_step = int(state.step)
     log = MetricsLog(exp.workdir)
     results_path = os.path.join(exp.workdir, "results.json")

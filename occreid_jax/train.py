@@ -22,8 +22,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = "batch"
 
@@ -45,13 +47,24 @@ def create_train_state(
     init_rng, state_rng = jax.random.split(rng)
     dummy = jnp.zeros((1, *image_size, 3), jnp.float32)
     variables = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)
-    return TrainState.create(
+    state = TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
         tx=tx,
         rng=state_rng,
     )
+    return replicate(state.replace(step=jnp.asarray(0, jnp.int32)))
+
+
+def replicate(tree: Any) -> Any:
+    """Places every array on all local devices, laid out as the pmapped step returns its state.
+
+    Without this the second step recompiles: a freshly initialised (or restored) state sits on
+    one device and its step is a Python int, unlike the state the first step returns.
+    """
+    mesh = Mesh(np.asarray(jax.local_devices()), (AXIS,))
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def train_step(
