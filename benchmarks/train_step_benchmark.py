@@ -112,9 +112,6 @@ def main() -> None:
     compile_start = time.perf_counter()
     runners["jax"]()  # compile
     compile_seconds = time.perf_counter() - compile_start
-    # The state the first step returns is laid out differently from the freshly initialised
-    # one, which costs one more compilation on the second call: keep it out of the timings.
-    runners["jax"]()
     runners["pytorch"]()  # warm-up
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(args.steps):
