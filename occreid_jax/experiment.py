@@ -53,7 +53,49 @@ def _signature(config, kwargs: dict) -> dict:
     }
 
 
+# Config fields that must be positive integers (None allowed where noted in the config).
+POSITIVE_FIELDS = (
+    ("train", "epochs"),
+    ("train", "log_every_steps"),
+    ("train", "checkpoint_every_steps"),
+    ("train", "eval_every_epochs"),
+    ("train", "max_checkpoints"),
+    ("train", "steps_per_epoch"),
+    ("eval", "max_rank"),
+    ("eval", "query_chunk"),
+    ("data", "eval_batch_size"),
+)
+
+
+PAIR_EXAMPLES = {"image_size": (256, 128), "adam_betas": (0.9, 0.999)}
+
+
+def _check_numbers(config: ml_collections.ConfigDict) -> None:
+    for section, name in POSITIVE_FIELDS:
+        value = config[section][name]
+        if value is None and name == "steps_per_epoch":
+            continue
+        if not isinstance(value, int) or value < 1:
+            raise UserError(
+                f"{section}.{name}={value!r} must be a positive integer; "
+                f"set --config.{section}.{name}"
+            )
+    for section, name in (("data", "image_size"), ("train", "adam_betas")):
+        if len(config[section][name]) != 2:
+            raise UserError(
+                f"{section}.{name}={tuple(config[section][name])} needs two values; "
+                f"e.g. --config.{section}.{name}='{PAIR_EXAMPLES[name]}'"
+            )
+    devices = jax.local_device_count()
+    if config.data.eval_batch_size % devices:
+        raise UserError(
+            f"data.eval_batch_size={config.data.eval_batch_size} is not divisible by the "
+            f"{devices} devices; set --config.data.eval_batch_size to a multiple of {devices}"
+        )
+
+
 def _check_config(config: ml_collections.ConfigDict) -> None:
+    _check_numbers(config)
     if config.model.name not in nets.MODELS:
         raise UserError(
             f"unknown model.name {config.model.name!r}; use one of {', '.join(nets.MODELS)}"
@@ -245,7 +287,7 @@ class Experiment:
         )
         state = checkpointer.restore_latest(state)
         checkpointer.close()
-        return model, kwargs, state
+        return model, kwargs, replicate(state)
 
     def embedder(self, model, state):
         p_embed = parallel_embed(model)
@@ -317,6 +359,7 @@ def precompute_heatmaps(config: ml_collections.ConfigDict, workdir: str) -> list
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from the workdir's latest checkpoint), evaluates, writes results.json."""
     exp = Experiment(config, workdir)
+    exp.eval_splits  # noqa: B018  (a missing or bad test set fails now, not after an epoch)
     source = config.pose.source
     train_split = datasets.load_split(exp.builder, "train", with_heatmaps=source == "ground_truth")
     if source == "precomputed":
@@ -339,12 +382,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = create_train_state(
         train_model, tx, jax.random.PRNGKey(config.seed), config.data.image_size
     )
-    state = replicate(checkpointer.restore_latest(init_backbone(state, config)))
+    if checkpointer.latest_step() is None:  # a resumed run takes every weight from its checkpoint
+        state = init_backbone(state, config)
+    state = replicate(checkpointer.restore_latest(state))
     start_step = int(state.step)
     log = MetricsLog(exp.workdir)
     results_path = os.path.join(exp.workdir, "results.json")
     record = _read_json(results_path) or {"history": []}
     embed = functools.partial(exp.embedder, model)
+
+    def is_eval_step(step: int) -> bool:
+        epoch, within = divmod(step, steps_per_epoch)
+        last = step == total_steps
+        return step > 0 and within == 0 and (epoch % config.train.eval_every_epochs == 0 or last)
 
     def run_eval(step, key="results"):
         results = evaluate_splits(embed(state), config.model.name, exp.eval_splits, config)
@@ -362,9 +412,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"device(s), {steps_per_epoch} steps/epoch x {config.train.epochs} epochs"
         + (f", resuming at step {start_step}" if start_step else "")
     )
-    if start_step == 0 and config.train.eval_at_start:
-        record["untrained"] = run_eval(0, key="untrained")
-
     objective = functools.partial(
         OBJECTIVES[config.model.name],
         cfg=LossConfig.from_config(config.loss),
@@ -373,6 +420,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if source == "online":
         pose_module, pose_variables = pose.load_pose_net(config)
         pose_apply = functools.partial(pose_module.apply, train=False)
+        pose_variables = replicate(pose_variables)
     p_step = parallel_train_step(objective, pose_apply)
     batches = pipeline.train_batches(
         train_split,
@@ -390,6 +438,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     bar = tqdm(total=total_steps, initial=start_step, unit="step", desc="train", dynamic_ncols=True)
     window_start, window_images = time.perf_counter(), 0
     try:
+        if start_step == 0 and config.train.eval_at_start:
+            record["untrained"] = run_eval(0, key="untrained")
+        if is_eval_step(start_step) and record.get("step") != start_step:
+            run_eval(start_step)  # the evaluation an interrupted run did not finish
         while step < total_steps:
             state, metrics = p_step(state, next(batches), pose_variables)
             step += 1
@@ -405,26 +457,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     loss=f"{metrics['loss']:.3f}", img_s=f"{metrics['images_per_sec']:.0f}"
                 )
                 window_start, window_images = time.perf_counter(), 0
-            epoch_done = step % steps_per_epoch == 0
-            epoch = step // steps_per_epoch
-            if step % config.train.checkpoint_every_steps == 0 or step == total_steps:
+            if step % config.train.checkpoint_every_steps == 0 or is_eval_step(step):
                 checkpointer.save(step, state)
-            if epoch_done and (epoch % config.train.eval_every_epochs == 0 or step == total_steps):
-                checkpointer.save(step, state)
+            if is_eval_step(step):
                 bar.clear()
                 results = run_eval(step)
-                tqdm.write(f"epoch {epoch}: " + _short(results))
+                tqdm.write(f"epoch {step // steps_per_epoch}: " + _short(results))
     except KeyboardInterrupt:
-        bar.close()
         checkpointer.save(step, state)
-        checkpointer.close()
         raise UserError(
             f"interrupted at step {step}; saved a checkpoint in {exp.workdir}/checkpoints, "
             "rerun the same command to resume"
         ) from None
-    bar.close()
-    checkpointer.close()
-    if "results" not in record or record.get("step") != step:
+    finally:
+        bar.close()
+        checkpointer.close()  # waits for asynchronous saves, whatever ended the loop
+    if record.get("step") != step or "results" not in record:
         run_eval(step)
     return record
 
@@ -439,6 +487,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, export_path: str =
                 f"the export takes {tuple(bundle.image_size)} images but data.image_size is "
                 f"{tuple(config.data.image_size)}; pass --config.data.image_size to match"
             )
+
+        # An export is evaluated with the matching settings stored with it.
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.eval.metric = bundle.matching["metric"]
+        config.eval.flip = bundle.matching["flip"]
 
         def embed(images):
             flat = images.reshape(-1, *images.shape[2:])

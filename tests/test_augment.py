@@ -121,3 +121,13 @@ def test_keypoints_move_with_the_image(seed):
     joint = int(np.flatnonzero(np.asarray(out_kp)[:, 2])[0])
     assert joint in (JOINT, augment.COCO_FLIP_PERMUTATION[JOINT])
     np.testing.assert_allclose(np.asarray(out_kp)[joint, :2], blob, atol=0.5)
+
+
+def test_random_erasing_without_a_fitting_box_leaves_the_image():
+    """All attempts too wide for the image: torchvision erases nothing (and must not crash)."""
+    image = tf.fill([384, 128, 3], 7.0)
+    for seed in range(5):
+        out = augment.random_erasing(
+            image, tf.constant([seed, 1]), prob=1.0, scale=(0.39, 0.4), ratio=(0.3, 0.31)
+        )
+        np.testing.assert_array_equal(out, image)

@@ -18,6 +18,7 @@ SYNTHETIC = "--config=configs/baseline.py:synthetic"
         (["--config=configs/missing.py"], "No such file or directory: configs/missing.py"),
         ([SYNTHETIC, "--config.data.batch_size=30"], "not divisible by devices x K"),
         ([SYNTHETIC, "--config.train.optimizer=adamw"], "unknown train.optimizer"),
+        ([SYNTHETIC, "--config.train.log_every_steps=0"], "must be a positive integer"),
         ([SYNTHETIC, "--mode=eval"], "no checkpoint in"),
         (["--config=configs/baseline.py:market1501"], "--config.data.manual_dir=DIR"),
     ],

@@ -80,6 +80,10 @@ def test_a_store_of_other_images_is_refused(train_split, tmp_path):
         store.read("train", renamed)
     with pytest.raises(UserError, match="holds split 'train' of other images"):
         store.write("train", renamed, iter([]))
+    # Deleting the array, as the message says, lets the other images be stored.
+    (tmp_path / "store" / "train.npy").unlink()
+    store.write("train", renamed, iter([]))
+    assert store.done("train") == 0
 
 
 def test_stored_heatmaps_follow_flips_and_crops_in_the_pipeline(train_split, tmp_path):
@@ -110,3 +114,24 @@ def test_stored_heatmaps_follow_flips_and_crops_in_the_pipeline(train_split, tmp
             flipped_pairs += int(example_points[5, 0] > example_points[6, 0])
     assert checked > 100
     assert flipped_pairs > 0
+
+
+def test_a_deleted_array_is_recomputed_from_the_start(train_split, tmp_path):
+    store = heatmap_store.HeatmapStore(str(tmp_path / "store"), "ground_truth", SIZE)
+    calls = []
+    pose_fn, _ = _ground_truth_pose_fn(train_split, calls)
+
+    def failing(images):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return pose_fn(images)
+
+    with pytest.raises(KeyboardInterrupt):
+        _precompute(store, train_split, failing)
+    (tmp_path / "store" / "train.npy").unlink()
+    store = heatmap_store.HeatmapStore(str(tmp_path / "store"), "ground_truth", SIZE)
+    pose_fn, _ = _ground_truth_pose_fn(train_split, [])
+    _precompute(store, train_split, pose_fn)
+    np.testing.assert_allclose(
+        store.read("train", train_split.filenames), train_split.heatmaps / 255.0, atol=1e-3
+    )

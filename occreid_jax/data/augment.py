@@ -128,10 +128,13 @@ def random_erasing(
     box_w = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
     fits = (box_h < height) & (box_w < width)
     choice = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
-    box_h, box_w = box_h[choice], box_w[choice]
+    any_fits = tf.reduce_any(fits)
+    # Without a fitting box nothing is erased; a zero box keeps the position draws valid.
+    box_h = tf.where(any_fits, box_h[choice], 0)
+    box_w = tf.where(any_fits, box_w[choice], 0)
     top = tf.random.stateless_uniform([], seeds[2], 0, height - box_h + 1, dtype=tf.int32)
     left = tf.random.stateless_uniform([], seeds[3], 0, width - box_w + 1, dtype=tf.int32)
-    erase = tf.reduce_any(fits) & (tf.random.stateless_uniform([], seeds[4]) < prob)
+    erase = any_fits & (tf.random.stateless_uniform([], seeds[4]) < prob)
     rows = tf.range(height)[:, None]
     cols = tf.range(width)[None, :]
     inside = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)

@@ -87,6 +87,14 @@ class HeatmapStore:
         """How many images of `split` are stored."""
         return int(self.meta["splits"].get(split, {}).get("done", 0))
 
+    def resumable(self, split: str, filenames: Sequence[str]) -> int:
+        """Images of `split` already stored for these files (0 if the array is gone or of
+        other images)."""
+        info = self.meta["splits"].get(split)
+        if not info or info["key"] != images_key(filenames):
+            return 0
+        return self.done(split) if os.path.exists(self._path(split)) else 0
+
     def is_complete(self, split: str, filenames: Sequence[str]) -> bool:
         """Whether every image of `split` (these files, in this order) is stored."""
         info = self.meta["splits"].get(split)
@@ -114,14 +122,15 @@ class HeatmapStore:
         """
         num_images, key = len(filenames), images_key(filenames)
         info = self.meta["splits"].get(split)
-        if info and info["key"] != key:
+        on_disk = os.path.exists(self._path(split))
+        if info and info["key"] != key and on_disk:
             raise UserError(
                 f"the heatmap store {self.root} holds split {split!r} of other images "
                 f"({info['num']} images, now {num_images}); delete {self._path(split)} to "
                 "recompute it"
             )
         shape = (num_images, *self.heatmap_size, NUM_JOINTS)
-        if info is None or not os.path.exists(self._path(split)):
+        if info is None or info["key"] != key or not on_disk:
             np.lib.format.open_memmap(self._path(split), mode="w+", dtype=np.float16, shape=shape)
             self.meta["splits"][split] = {"num": num_images, "key": key, "done": 0}
             self._write_meta()
@@ -186,8 +195,7 @@ def precompute(
     if store.is_complete(split, filenames):
         return
     num_images = len(filenames)
-    info = store.meta["splits"].get(split)
-    done = store.done(split) if info and info["key"] == images_key(filenames) else 0
+    done = store.resumable(split, filenames)
     skip = done // batch_size
     done = skip * batch_size  # progress is saved on batch boundaries; redo a partial batch
 
@@ -206,6 +214,6 @@ def precompute(
             bar.update(len(heatmaps))
         bar.close()
 
-    if info and info["key"] == images_key(filenames):
-        info["done"] = done
+    if done:
+        store.meta["splits"][split]["done"] = done
     store.write(split, filenames, produce(), chunk=chunk)
