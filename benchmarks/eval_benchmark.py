@@ -195,17 +195,20 @@ def main() -> None:
         lambda: evaluate_rank(dist_sub, *sub_ids, chunk_size=chunk), args.repeats
     )
 
-    # Agreement on the subset: ours (b) vs the reference loop with the same (stable) tie rule.
+    # Agreement on the subset, on the SAME distance matrix: our ranking vs the reference loop
+    # with the same (stable) tie rule must be exact. Distances computed in other block shapes
+    # (the features path) can differ in the last float32 bit, which reorders near-ties: that
+    # difference is reported apart, as float rounding, not as a ranking error.
     ref_aps, ref_inps, ref_cmcs, ref_valid = reference_loop(dist_sub, *sub_ids, 50, "stable")
+    same = evaluate_rank(dist_sub, *sub_ids, chunk_size=chunk)
+    assert np.array_equal(same["valid"], ref_valid), "valid queries differ"
+    ap_diff = float(np.abs(same["AP"] - ref_aps).max())
+    inp_diff = float(np.abs(same["INP"] - ref_inps).max())
+    cmc_diff = float(np.abs(same["cmc"] - ref_cmcs.mean(axis=0)).max())
     our_valid = ours["valid"][:n_d]
     our_aps = ours["AP"][: int(our_valid.sum())]
-    our_inps = ours["INP"][: int(our_valid.sum())]
-    assert np.array_equal(our_valid, ref_valid), "valid queries differ"
-    ap_diff = float(np.abs(our_aps - ref_aps).max())
-    inp_diff = float(np.abs(our_inps - ref_inps).max())
-    ours_sub = evaluate_features(q[:n_d], g, *sub_ids, metric=args.metric, chunk_size=chunk)
-    cmc_diff = float(np.abs(ours_sub["cmc"] - ref_cmcs.mean(axis=0)).max())
-    quick_diff = float(np.abs(our_aps - ref_quick[0]).max())
+    rounding_diff = float(np.abs(our_aps - ref_aps).max())
+    quick_diff = float(np.abs(same["AP"] - ref_quick[0]).max())
 
     # Peak memory of (b) alone, in a fresh process.
     with tempfile.TemporaryDirectory() as tmp:
@@ -234,7 +237,8 @@ def main() -> None:
     print(
         f"agreement with the stable reference on {n_d} queries: max |dAP| {ap_diff:.1e}, "
         f"max |dINP| {inp_diff:.1e}, max |dCMC| {cmc_diff:.1e}; "
-        f"vs default (unstable) argsort: max |dAP| {quick_diff:.1e}"
+        f"vs default (unstable) argsort: max |dAP| {quick_diff:.1e}; features path "
+        f"(distances in other block shapes, float32 rounding): max |dAP| {rounding_diff:.1e}"
     )
     print(
         f"peak RSS of (b) in a fresh process: {mem['peak_mib']:.0f} MiB "
