@@ -32,6 +32,17 @@ def _ground_truth_pose_fn(split, calls):
     return pose_fn, position
 
 
+def _interrupted_after(pose_fn, calls, batches):
+    """`pose_fn`, but Ctrl-C arrives when it is called for the (batches + 1)-th time."""
+
+    def failing(images):
+        if len(calls) == batches:
+            raise KeyboardInterrupt
+        return pose_fn(images)
+
+    return failing
+
+
 def _precompute(store, split, pose_fn, batch_size=8):
     batches = pipeline.eval_batches(split, image_size=SIZE, batch_size=batch_size, num_devices=2)
     heatmap_store.precompute(store, "train", split.filenames, batches, pose_fn, batch_size, chunk=8)
@@ -42,10 +53,7 @@ def test_interrupted_precompute_resumes_and_stores_exact_heatmaps(train_split, t
     calls = []
     pose_fn, position = _ground_truth_pose_fn(train_split, calls)
 
-    def failing(images):
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return pose_fn(images)
+    failing = _interrupted_after(pose_fn, calls, batches=3)
 
     with pytest.raises(KeyboardInterrupt):
         _precompute(store, train_split, failing)
@@ -121,10 +129,7 @@ def test_a_deleted_array_is_recomputed_from_the_start(train_split, tmp_path):
     calls = []
     pose_fn, _ = _ground_truth_pose_fn(train_split, calls)
 
-    def failing(images):
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return pose_fn(images)
+    failing = _interrupted_after(pose_fn, calls, batches=3)
 
     with pytest.raises(KeyboardInterrupt):
         _precompute(store, train_split, failing)
