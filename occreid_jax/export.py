@@ -15,6 +15,7 @@ A bundle is a folder with two files:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -26,11 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from occreid_jax import nets
+from occreid_jax.data import IMAGENET_MEAN, IMAGENET_STD
 from occreid_jax.errors import UserError
 
 FORMAT = "occreid_jax.export/1"
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 @dataclasses.dataclass
@@ -109,14 +109,20 @@ def load(path: str) -> Bundle:
     mean = jnp.asarray(description["mean"], jnp.float32)
     std = jnp.asarray(description["std"], jnp.float32)
 
+    # The weights are arguments, not closed-over constants: XLA would otherwise fold every
+    # parameter into the compiled program.
     @jax.jit
-    def embed_normalized(images):
+    def apply_normalized(variables, images):
         embeddings, _ = model.apply(variables, images, train=False)
         return jax.tree.map(lambda x: x.astype(jnp.float32), embeddings)
 
     @jax.jit
-    def embed(images):
-        return embed_normalized((jnp.asarray(images, jnp.float32) - mean) / std)
+    def apply_pixels(variables, images):
+        return apply_normalized(variables, (jnp.asarray(images, jnp.float32) - mean) / std)
+
+    variables = jax.device_put(variables)
+    embed_normalized = functools.partial(apply_normalized, variables)
+    embed = functools.partial(apply_pixels, variables)
 
     return Bundle(
         model_name=description["model"],

@@ -12,6 +12,7 @@ random erasing (the released Pirt runs its pose net after erasing; `online` does
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -20,6 +21,7 @@ import ml_collections
 from occreid_jax.data import datasets
 from occreid_jax.data.heatmap_store import HeatmapStore
 from occreid_jax.errors import UserError
+from occreid_jax.train import AXIS, replicate
 
 SOURCES = ("none", "ground_truth", "precomputed", "online")
 POSE_NETS = ("hrnet_w32", "hrnet_w48")
@@ -66,9 +68,12 @@ def store(config: ml_collections.ConfigDict, dataset: str, builder_config: str) 
 
 
 def parallel_pose_fn(module, variables):
-    """Normalised images [D, b, H, W, 3] -> heatmaps [D, b, H/4, W/4, 17], in inference mode."""
+    """Normalised images [D, b, H, W, 3] -> heatmaps [D, b, H/4, W/4, 17], in inference mode.
 
-    def apply(images):
-        return module.apply(variables, images, train=False)
-
-    return jax.pmap(apply)
+    The weights go in as a broadcast argument (placed on the devices once), not as constants
+    closed over by the mapped function.
+    """
+    mapped = jax.pmap(
+        functools.partial(module.apply, train=False), axis_name=AXIS, in_axes=(None, 0)
+    )
+    return functools.partial(mapped, replicate(variables))

@@ -4,8 +4,9 @@
 loss is computed on each device's slice of the global batch (whole identities, so batch-hard
 mining stays on the device), gradients and BatchNorm statistics are averaged with `lax.pmean`,
 and BatchNorm layers built with `bn_axis_name="batch"` normalise with statistics synchronised
-over all devices. It is wrapped by `jax.pmap(..., in_axes=(None, 0), out_axes=(None, 0))`, so
-the state is never replicated by hand; see `parallel_train_step`.
+over all devices. It is wrapped by `jax.pmap(..., in_axes=(None, 0, None), out_axes=(None, 0))`
+(state, per-device batch, optional pose-net weights), so the state is never split by hand; see
+`parallel_train_step`.
 
 The same function runs under `jax.jit(jax.shard_map(train_step, mesh, in_specs=(P(), P("batch")),
 out_specs=(P(), P()), check_vma=False))`. Keep `check_vma=False` there: with it on, autodiff

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from occreid_jax.data import augment
+from occreid_jax.data import IMAGENET_MEAN, IMAGENET_STD, augment
 
 H, W = 128, 64
 JOINT = 7  # left elbow; its mirror is 8 (right elbow)
@@ -70,9 +70,7 @@ def test_random_erasing_fills_a_box_with_the_mean_and_leaves_the_rest():
     assert 0.02 * H * W * 0.8 <= erased.sum() <= 0.4 * H * W * 1.2
     rows, cols = np.flatnonzero(erased.any(1)), np.flatnonzero(erased.any(0))
     assert erased[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all(), "one rectangle"
-    np.testing.assert_allclose(
-        out[erased], np.broadcast_to(augment.IMAGENET_MEAN, out[erased].shape)
-    )
+    np.testing.assert_allclose(out[erased], np.broadcast_to(IMAGENET_MEAN, out[erased].shape))
     untouched = augment.random_erasing(image, tf.constant([0, 3]), prob=0.0)
     np.testing.assert_array_equal(untouched, image)
 
@@ -86,7 +84,7 @@ def test_full_chain_inside_tf_data_is_aligned_and_deterministic():
             image, heatmaps, seed, pad=10, flip_prob=0.5, erasing_prob=erasing
         )
         # Undo the normalisation to find the blob again.
-        return out_image * augment.IMAGENET_STD + augment.IMAGENET_MEAN, out_maps
+        return out_image * IMAGENET_STD + IMAGENET_MEAN, out_maps
 
     ds = tf.data.Dataset.from_tensor_slices(seeds).map(lambda s: chain(s, 0.0))
     channels = set()
@@ -116,7 +114,7 @@ def test_keypoints_move_with_the_image(seed):
         image, heatmaps, tf.constant([seed, 9]), pad=10, flip_prob=0.5, erasing_prob=0.0,
         keypoints=tf.constant(keypoints),
     )  # fmt: skip
-    out_image = np.asarray(out_image * augment.IMAGENET_STD + augment.IMAGENET_MEAN)
+    out_image = np.asarray(out_image * IMAGENET_STD + IMAGENET_MEAN)
     blob = _centroid((out_image[..., 0] > 128).astype(np.float32))
     joint = int(np.flatnonzero(np.asarray(out_kp)[:, 2])[0])
     assert joint in (JOINT, augment.COCO_FLIP_PERMUTATION[JOINT])

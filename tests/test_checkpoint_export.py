@@ -10,6 +10,7 @@ import pytest
 
 from occreid_jax import export, nets, optim
 from occreid_jax.checkpointing import Checkpointer
+from occreid_jax.data import IMAGENET_MEAN, IMAGENET_STD
 from occreid_jax.errors import UserError
 from occreid_jax.losses.objectives import LossConfig, baseline_objective
 from occreid_jax.train import create_train_state, parallel_train_step
@@ -106,7 +107,7 @@ def test_export_load_embed_reproduces_the_features(tmp_path):
 
     bundle = export.load(path)
     pixels = np.random.default_rng(3).uniform(0, 255, size=(5, *IMAGE, 3)).astype(np.float32)
-    normalized = (pixels - np.array(export.IMAGENET_MEAN)) / np.array(export.IMAGENET_STD)
+    normalized = (pixels - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     expected, _ = model.apply(variables, normalized.astype(np.float32), train=False)
     got = bundle.embed(pixels)
     assert set(got) == set(expected)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255 pixels
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from occreid_jax.data import IMAGENET_MEAN, IMAGENET_STD
+
 HEATMAP_STRIDE = 4
 # COCO order (reference/pretrained.md): a horizontal flip swaps each left joint with its right.
 COCO_FLIP_PERMUTATION = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
