@@ -6,6 +6,7 @@ and (except train from scratch) restore the workdir's latest checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -21,11 +22,12 @@ from occreid_jax.checkpointing import Checkpointer
 from occreid_jax.data import datasets, heatmap_store, pipeline
 from occreid_jax.data.sampler import IdentitySampler, check_batch_layout
 from occreid_jax.errors import UserError
-from occreid_jax.losses.objectives import OBJECTIVES, LossConfig
+from occreid_jax.losses.objectives import loss_settings, make_objective
 from occreid_jax.matching import distance_features
 from occreid_jax.metrics_log import MetricsLog
 from occreid_jax.train import (
     create_train_state,
+    make_forward,
     parallel_embed,
     parallel_train_step,
     replicate,
@@ -39,8 +41,13 @@ NON_MODEL_FIELDS = ("name", "backbone_init")
 
 
 def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict:
-    """Constructor arguments of the configured model (JSON-able, stored in checkpoints)."""
-    kwargs = {k: v for k, v in config.model.items() if k not in NON_MODEL_FIELDS}
+    """Constructor arguments of the configured model (JSON-able, stored in checkpoints).
+
+    config.model fields the model does not take are left out, so one config can switch
+    `model.name` (e.g. MAT's config trains its "baseline" ablation row).
+    """
+    accepted = {f.name for f in dataclasses.fields(nets.MODELS[config.model.name])}
+    kwargs = {k: v for k, v in config.model.items() if k not in NON_MODEL_FIELDS and k in accepted}
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
     return {**kwargs, "num_classes": int(num_classes), "dtype": config.train.dtype}
 
@@ -412,16 +419,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"device(s), {steps_per_epoch} steps/epoch x {config.train.epochs} epochs"
         + (f", resuming at step {start_step}" if start_step else "")
     )
-    objective = functools.partial(
-        OBJECTIVES[config.model.name],
-        cfg=LossConfig.from_config(config.loss),
-    )
+    settings = loss_settings(config)
+    objective = make_objective(config, settings)
+    forward = make_forward(config.model.name, settings)
     pose_apply, pose_variables = None, None
     if source == "online":
         pose_module, pose_variables = pose.load_pose_net(config)
         pose_apply = functools.partial(pose_module.apply, train=False)
         pose_variables = replicate(pose_variables)
-    p_step = parallel_train_step(objective, pose_apply)
+    p_step = parallel_train_step(objective, pose_apply, forward)
     batches = pipeline.train_batches(
         train_split,
         sampler,

@@ -7,6 +7,7 @@
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=extract [--output=FILE.npz]
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=heatmaps \
       --config.pose.init=pose_hrnet_w48_256x192.pth
+  python -m occreid_jax.main --config=configs/mat.py:synthetic --workdir=runs/mat --mode=visualize
 
 Any config field can be overridden: --config.train.epochs=2 --config.data.batch_size=32.
 """
@@ -26,7 +27,7 @@ from ml_collections import config_flags
 
 from occreid_jax.errors import UserError
 
-MODES = ("train", "eval", "export", "extract", "heatmaps")
+MODES = ("train", "eval", "export", "extract", "heatmaps", "visualize")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and variant, e.g. configs/baseline.py:synthetic.", lock_config=True
@@ -61,6 +62,10 @@ def _run(argv) -> None:
     elif mode == "heatmaps":
         for root in experiment.precompute_heatmaps(config, workdir):
             print(f"heatmaps: {root}")
+    elif mode == "visualize":
+        from occreid_jax import visualize
+
+        print(f"visualize: {os.path.dirname(visualize.visualize(config, workdir)[-1])}")
     elif mode == "export":
         print(f"export: {experiment.export_bundle(config, workdir, _OUTPUT.value)}")
     else:

@@ -11,7 +11,10 @@ import numpy as np
 from occreid_jax.errors import UserError
 
 # Plain-dict registry: model name -> the embedding compared by the global distance.
-MATCHING_FEATURE = {"baseline": "global"}
+# TODO(mat): MAT's own rule (global + visibility-weighted part distances) is
+# `evaluation.mat_matching.mat_matcher`; register it when this module becomes a registry of
+# matchers. Until then MAT is evaluated on its global feature.
+MATCHING_FEATURE = {"baseline": "global", "mat": "global"}
 
 
 def distance_features(model_name: str, features: dict[str, np.ndarray]) -> np.ndarray:

@@ -8,6 +8,12 @@ over all devices. It is wrapped by `jax.pmap(..., in_axes=(None, 0, None), out_a
 (state, per-device batch, optional pose-net weights), so the state is never split by hand; see
 `parallel_train_step`.
 
+How the model is run on the batch is a `Forward` hook,
+`forward(apply_fn, variables, batch, rng) -> (aux, updates)`: `single_forward` (one pass, the
+default) or a model's own, registered in `FORWARDS` (MAT: a second pass on a TPS-warped copy,
+`equivariance.py`). The hook runs inside the differentiated loss, so gradients flow through
+every pass it makes.
+
 The same function runs under `jax.jit(jax.shard_map(train_step, mesh, in_specs=(P(), P("batch")),
 out_specs=(P(), P()), check_vma=False))`. Keep `check_vma=False` there: with it on, autodiff
 already sums the gradients of the replicated params over devices, and the pmean below would
@@ -28,7 +34,12 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from occreid_jax import equivariance
+
 AXIS = "batch"
+
+# (apply_fn, variables, batch, rng) -> (aux, updates of the mutable collections).
+Forward = Callable[[Callable, dict, dict, jax.Array], tuple[dict, Any]]
 
 
 class TrainState(train_state.TrainState):
@@ -68,6 +79,35 @@ def replicate(tree: Any) -> Any:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
+def single_forward(apply_fn: Callable, variables: dict, batch: dict, rng: jax.Array):
+    """The default `Forward`: one train-mode pass on the batch (heatmaps passed if present).
+
+    Returns:
+      (aux, updates): the model's aux dict and its new "batch_stats".
+    """
+    model_inputs = {"heatmaps": batch["heatmaps"]} if "heatmaps" in batch else {}
+    (_, aux), updates = apply_fn(
+        variables,
+        batch["images"],
+        train=True,
+        mutable=["batch_stats"],
+        rngs={"dropout": rng},
+        **model_inputs,
+    )
+    return aux, updates
+
+
+# Plain-dict registry: model name -> factory(loss settings) -> its Forward; single_forward
+# for every other model.
+FORWARDS: dict[str, Callable[[Any], Forward]] = {"mat": equivariance.make_forward}
+
+
+def make_forward(model_name: str, loss_cfg: Any) -> Forward:
+    """The Forward of `model_name` (its factory gets the objective's settings)."""
+    factory = FORWARDS.get(model_name)
+    return single_forward if factory is None else factory(loss_cfg)
+
+
 def train_step(
     state: TrainState,
     batch: dict,
@@ -75,6 +115,7 @@ def train_step(
     *,
     objective: Callable,
     pose_apply: Callable | None = None,
+    forward: Forward = single_forward,
 ) -> tuple[TrainState, dict]:
     """One optimiser step on this device's slice of the global batch.
 
@@ -88,6 +129,7 @@ def train_step(
       objective: `(aux, labels) -> (loss, metrics)`, e.g. a partial of `baseline_objective`.
       pose_apply: `(pose_variables, images) -> heatmaps [b, H/4, W/4, 17]`, run in inference
         mode without gradient on the augmented images; None unless the pose source is online.
+      forward: how the model runs on the batch (a `Forward`; default one pass).
     Returns:
       (new state, identical on every device; metrics averaged over devices).
     """
@@ -95,17 +137,10 @@ def train_step(
     if pose_apply is not None:
         heatmaps = jax.lax.stop_gradient(pose_apply(pose_variables, batch["images"]))
         batch = {**batch, "heatmaps": heatmaps.astype(jnp.float32)}
-    model_inputs = {"heatmaps": batch["heatmaps"]} if "heatmaps" in batch else {}
 
     def loss_fn(params):
-        (_, aux), updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats},
-            batch["images"],
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": rng},
-            **model_inputs,
-        )
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        aux, updates = forward(state.apply_fn, variables, batch, rng)
         loss, metrics = objective(aux, batch["labels"])
         return loss, (metrics, updates)
 
@@ -117,14 +152,16 @@ def train_step(
     return new_state, metrics
 
 
-def parallel_train_step(objective: Callable, pose_apply: Callable | None = None) -> Callable:
+def parallel_train_step(
+    objective: Callable, pose_apply: Callable | None = None, forward: Forward = single_forward
+) -> Callable:
     """`train_step` mapped over the local devices.
 
     (state, batch of [D, b, ...] arrays[, pose variables]) -> (state, metrics of [D] each,
     identical after the pmean).
     """
     mapped = jax.pmap(
-        functools.partial(train_step, objective=objective, pose_apply=pose_apply),
+        functools.partial(train_step, objective=objective, pose_apply=pose_apply, forward=forward),
         axis_name=AXIS,
         in_axes=(None, 0, None),
         out_axes=(None, 0),

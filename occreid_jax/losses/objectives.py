@@ -1,5 +1,8 @@
 """Whole training objectives: which loss reads which model output, with which weight.
 
+  baseline  CE (label smoothing) + batch-hard triplet on the pooled feature
+  mat       Eq. 9 of MAT: `1 ID_g + 1 Tri_g + 1 ID_p + 1 Tri_p + 10 L_eq + 5 L_fc`
+
 An objective maps the model's `aux` dict and the batch labels to `(loss, metrics)`. It runs
 per device inside the pmapped step, so batch-hard mining sees only that device's identities;
 `mining_groups` reproduces the same per-group mining on a single device (used to check
@@ -9,11 +12,15 @@ multi-device training against one device).
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
+from occreid_jax.errors import UserError
 from occreid_jax.losses.classification import cross_entropy_label_smoothing
+from occreid_jax.losses.mat import consistency_loss, equivariance_loss
 from occreid_jax.losses.triplet import triplet_loss
 
 
@@ -34,6 +41,11 @@ class LossConfig:
     def from_config(cls, loss_config, mining_groups: int = 1) -> LossConfig:
         fields = {f.name for f in dataclasses.fields(cls)} - {"mining_groups"}
         return cls(**{k: loss_config[k] for k in fields}, mining_groups=mining_groups)
+
+    @classmethod
+    def from_run_config(cls, config, mining_groups: int = 1) -> LossConfig:
+        """The settings from a whole run config (subclasses read more than config.loss)."""
+        return cls.from_config(config.loss, mining_groups)
 
 
 def grouped_triplet(features: jax.Array, labels: jax.Array, cfg: LossConfig) -> jax.Array:
@@ -75,5 +87,106 @@ def baseline_objective(aux: dict, labels: jax.Array, cfg: LossConfig):
     return loss, {"loss": loss, "ce": ce, "triplet": tri, "accuracy": accuracy}
 
 
-# Plain-dict registry: model name -> its objective.
-OBJECTIVES = {"baseline": baseline_objective}
+@dataclasses.dataclass(frozen=True)
+class MatLossConfig(LossConfig):
+    """config.loss of MAT: LossConfig's global-branch fields (ce_weight = lambda1,
+    triplet_weight = lambda2) plus the part, equivariance and consistency terms, the random
+    TPS of the equivariance pass, and the identity group size (data.instances_per_id)."""
+
+    part_ce_weight: float = 1.0  # lambda3
+    part_triplet_weight: float = 1.0  # lambda4
+    equivariance_weight: float = 10.0  # lambda5
+    consistency_weight: float = 5.0  # lambda6
+    tps_sigma_affine: float = 0.05
+    tps_sigma_tps: float = 0.005
+    tps_points: int = 5
+    group_size: int = 4
+
+    @classmethod
+    def from_run_config(cls, config, mining_groups: int = 1) -> MatLossConfig:
+        """Reads config.loss and the group size K = config.data.instances_per_id."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"mining_groups", "group_size"}
+        missing = sorted(n for n in names if n not in config.loss)
+        if missing:
+            raise UserError(f"config.loss lacks {', '.join(missing)}; start from configs/mat.py")
+        return cls(
+            **{n: config.loss[n] for n in names},
+            mining_groups=mining_groups,
+            group_size=config.data.instances_per_id,
+        )
+
+
+def _per_part(fn, features: jax.Array, *args) -> jax.Array:
+    """Mean over parts of `fn(features[:, k], *args)` for [B, K, ...] features."""
+    return jnp.mean(jax.vmap(lambda f: fn(f, *args), in_axes=1)(features))
+
+
+def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
+    """MAT's total loss (Eq. 9), with the terms the model's switches leave in `aux`.
+
+    * ID: cross-entropy on the global logits (Eq. 15) and on each part's logits (Eq. 16, the
+      mean over parts: not in the paper), label smoothing `cfg.label_smoothing` (0 in Eq. 15).
+    * Tri: soft-margin batch-hard triplet (Eq. 17; `cfg.triplet_metric` "sqeuclidean") on the
+      features before their BNNeck; parts mined separately and averaged (not in the paper).
+    * L_eq = value + Jacobian term (`losses/mat.equivariance_loss`), when the equivariance
+      pass ran; L_fc (`losses/mat.consistency_loss`) when there are keypoints and parts.
+
+    Args:
+      aux: the model's aux (`nets/mat.py`), plus "warped" {"keypoints", "jacobians"} and
+        "tps" from the equivariance pass when the model has keypoints.
+      labels: [B] int train labels, identity-major in groups of `cfg.group_size`.
+      cfg: loss weights and settings.
+
+    Returns:
+      (scalar loss, dict of scalar metrics).
+    """
+    ce = cross_entropy_label_smoothing(aux["logits"], labels, epsilon=cfg.label_smoothing)
+    tri = grouped_triplet(aux["global_feat"], labels, cfg)
+    loss = cfg.ce_weight * ce + cfg.triplet_weight * tri
+    accuracy = jnp.mean(jnp.argmax(aux["logits"], -1) == labels)
+    metrics = {"ce": ce, "triplet": tri, "accuracy": accuracy}
+    if "part_logits" in aux:
+        part_ce = _per_part(
+            lambda logits: cross_entropy_label_smoothing(logits, labels, cfg.label_smoothing),
+            aux["part_logits"],
+        )
+        part_tri = _per_part(lambda f: grouped_triplet(f, labels, cfg), aux["part_feat"])
+        loss = loss + cfg.part_ce_weight * part_ce + cfg.part_triplet_weight * part_tri
+        metrics.update(part_ce=part_ce, part_triplet=part_tri)
+    if "warped" in aux:
+        eq_value, eq_jacobian = equivariance_loss(
+            aux["keypoints"],
+            aux["jacobians"],
+            aux["warped"]["keypoints"],
+            aux["warped"]["jacobians"],
+            aux["tps"],
+        )
+        loss = loss + cfg.equivariance_weight * (eq_value + eq_jacobian)
+        metrics.update(equivariance_value=eq_value, equivariance_jacobian=eq_jacobian)
+    if "segmentation" in aux and "keypoints" in aux and cfg.group_size > 1:
+        fc = consistency_loss(
+            aux["segmentation"], aux["keypoints"], aux["jacobians"], cfg.group_size
+        )
+        loss = loss + cfg.consistency_weight * fc
+        metrics["consistency"] = fc
+    metrics["loss"] = loss
+    return loss, metrics
+
+
+# Plain-dict registries: model name -> its objective, and the settings class it takes
+# (LossConfig unless listed).
+OBJECTIVES = {"baseline": baseline_objective, "mat": mat_objective}
+LOSS_CONFIGS: dict[str, type[LossConfig]] = {"mat": MatLossConfig}
+
+
+def loss_settings(config, mining_groups: int = 1) -> LossConfig:
+    """The settings object `config.model.name`'s objective takes, read from a run config."""
+    return LOSS_CONFIGS.get(config.model.name, LossConfig).from_run_config(config, mining_groups)
+
+
+def make_objective(config, settings: LossConfig | None = None) -> Callable:
+    """`(aux, labels) -> (loss, metrics)` of `config.model.name` with its settings bound."""
+    name = config.model.name
+    if name not in OBJECTIVES:
+        raise UserError(f"no objective for model {name!r}; known: {', '.join(OBJECTIVES)}")
+    return functools.partial(OBJECTIVES[name], cfg=settings or loss_settings(config))

@@ -1,0 +1,170 @@
+"""MAT, the motion-aware transformer (papers/mat-paper.md): the paper's training settings.
+
+ResNet-50, 256 x 128, P=16 x K=4 (batch 64), SGD momentum 0.9, weight decay 1e-4, lr 0.01
+x0.1 every 30 epochs, 100 epochs, K=10 parts; flip, pad, random crop and random erasing;
+loss `1 ID_g + 1 Tri_g + 1 ID_p + 1 Tri_p + 10 L_eq + 5 L_fc`. MAT has no public code:
+every value the paper does not state is marked "not in the paper" below.
+
+Usage (the variant after ":" picks the dataset and size, as in configs/baseline.py):
+
+  python -m occreid_jax.main --config=configs/mat.py:synthetic --workdir=runs/mat
+  python -m occreid_jax.main --config=configs/mat.py:synthetic --workdir=runs/mat --mode=visualize
+  python -m occreid_jax.main --config=configs/mat.py:occluded_duke --workdir=runs/mat_od \
+      --config.data.manual_dir=/data/Occluded_Duke --config.model.backbone_init=resnet50.pth
+  # Table 1 row #6: keypoints from ground-truth heatmaps instead of self-supervised ones.
+  python -m occreid_jax.main --config=configs/mat.py:synthetic --workdir=runs/mat_gt \
+      --config.model.keypoints=heatmaps --config.pose.source=ground_truth
+
+Variants: synthetic (the built-in benchmark, sized for a 2-core CPU); occluded_duke,
+market1501, dukemtmc, msmt17; occluded_reid, partial_reid, partial_ilids (trained on
+Market-1501). `ABLATIONS` lists the overrides of the paper's Table 1 and Table 2 rows
+relative to the `synthetic` variant.
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _baseline_module():
+    """configs/baseline.py, loaded by path (config files are not a package)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "baseline.py")
+    spec = importlib.util.spec_from_file_location("occreid_configs_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_BASELINE = _baseline_module()
+VARIANTS = _BASELINE.VARIANTS
+
+# Overrides of each ablation row relative to get_config("synthetic"), as dotted config keys.
+# The lead's runner trains every row with the same step budget.
+ABLATIONS = {
+    # Table 1: encoder / decoder / segmentation branch / keypoint branch.
+    "table1": {
+        "#1 baseline (ResNet, BNNeck)": {"model.name": "baseline"},
+        "#2 segmentation + self-supervised keypoints": {
+            "model.encoder_layers": 0,
+            "model.decoder_layers": 0,
+        },
+        "#3 + encoder": {"model.decoder_layers": 0},
+        "#4 + decoder": {"model.encoder_layers": 0},
+        "#5 + encoder + decoder (MAT)": {},
+        "#6 MAT, ground-truth keypoints": {
+            "model.keypoints": "heatmaps",
+            "pose.source": "ground_truth",
+        },
+    },
+    # Table 2: number of parts (the paper's best is 10).
+    "table2": {f"{k} parts": {"model.num_parts": k} for k in (3, 6, 10, 17)},
+}
+# Rows not in the paper that isolate what the motion machinery adds (not in the paper).
+DIAGNOSTICS = {
+    "no keypoint branch (parts from ID losses only)": {"model.keypoints": "none"},
+    "no segmentation branch (global feature only)": {"model.segmentation": False},
+    "no feature consistency (lambda6 = 0)": {"loss.consistency_weight": 0.0},
+}
+
+
+def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
+    """Returns the MAT config for one variant (dataset and size); see the module docstring."""
+    variant = arg or "occluded_duke"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} for configs/mat.py; use one of {VARIANTS}")
+    # Dataset fields, evaluation rows and train bookkeeping come from the baseline config;
+    # everything MAT's paper states is set below.
+    config = _BASELINE.get_config(variant)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "mat"
+    config.model.backbone = "resnet50"  # the paper: ResNet-50 (no IBN)
+    config.model.last_stride = 1  # not in the paper: the Re-ID convention, 16 x 8 maps
+    # ImageNet weights of the backbone (torchvision resnet50 .pth or a converted folder);
+    # "" = from scratch. The paper starts from ImageNet (usual, not stated).
+    config.model.backbone_init = ""
+    config.model.num_parts = 10  # K keypoints and K parts + background (Table 2: best 10)
+    config.model.d_model = 512  # not in the paper (the 1x1 projection's width)
+    config.model.num_heads = 8  # not in the paper
+    config.model.ffn_dim = 2048  # not in the paper
+    config.model.encoder_layers = 6  # 0 = no encoder (Table 1)
+    config.model.decoder_layers = 1  # 0 = no decoder (Table 1)
+    config.model.dropout = 0.1  # not in the paper
+    config.model.head_layers = 3  # not in the paper: layers of each sigmoid MLP head
+    # "add" (not in the paper) or "concat" (the paper's wording): 2D sine positions.
+    config.model.position_embedding = "add"
+    config.model.temperature = 0.1  # soft-argmax temperature (FOMM)
+    # self_supervised (MAT) | heatmaps (keypoints from pose.source heatmaps: Table 1 row #6)
+    # | none (no keypoint branch, no motion; not in the paper).
+    config.model.keypoints = "self_supervised"
+    config.model.segmentation = True  # the part-segmentation branch
+
+    config.data.image_size = (256, 128)
+    config.data.batch_size = 64  # 16 identities x 4 images
+    config.data.instances_per_id = 4  # also the A, B, C, D groups of L_fc
+    config.data.pad = 10  # not in the paper (the usual Re-ID padding)
+    config.data.flip_prob = 0.5  # not in the paper
+    config.data.erasing_prob = 0.5  # not in the paper
+
+    loss = config.loss
+    loss.ce_weight = 1.0  # lambda1
+    loss.label_smoothing = 0.0  # Eq. 15 is plain cross-entropy
+    loss.triplet_weight = 1.0  # lambda2
+    loss.soft_margin = True  # Eq. 17
+    loss.triplet_metric = "sqeuclidean"  # Eq. 17: squared Euclidean distances
+    loss.triplet_normalize = False
+    loss.part_ce_weight = 1.0  # lambda3
+    loss.part_triplet_weight = 1.0  # lambda4
+    loss.equivariance_weight = 10.0  # lambda5
+    loss.consistency_weight = 5.0  # lambda6
+    loss.tps_sigma_affine = 0.05  # FOMM's random warp for L_eq
+    loss.tps_sigma_tps = 0.005  # FOMM
+    loss.tps_points = 5  # FOMM: 5 x 5 control points
+
+    train = config.train
+    train.epochs = 100
+    train.optimizer = "sgd"
+    train.lr = 0.01
+    train.weight_decay = 1e-4
+    train.momentum = 0.9
+    train.schedule = "warmup_multistep"
+    train.warmup_epochs = 0  # the paper states no warm-up
+    train.warmup_factor = 1.0
+    train.milestones = (30, 60, 90)  # x0.1 every 30 epochs
+    train.gamma = 0.1
+
+    config.eval.metric = "cosine"  # not in the paper
+    # Weight of the visibility-weighted part distance added to the global distance at test
+    # time (evaluation/mat_matching.py; not in the paper).
+    config.eval.part_weight = 1.0
+
+    if variant == "synthetic":
+        _shrink_for_cpu(config)
+    return config
+
+
+def _shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
+    """The built-in synthetic benchmark on a 2-core CPU (not in the paper).
+
+    The baseline's synthetic sizes (tiny ResNet, 128 x 64, 8 x 4 feature maps, batch 32 =
+    8 identities x 4) with a narrow 2-layer encoder; SGD as the paper, with a 2-epoch warm-up
+    (the transformer starts from scratch) and the decays late in the shorter run.
+    """
+    config.model.backbone = "resnet_tiny"
+    config.model.d_model = 128
+    config.model.num_heads = 4
+    config.model.ffn_dim = 256
+    config.model.encoder_layers = 2
+    config.data.builder_config = "default"
+    config.data.image_size = (128, 64)
+    config.data.batch_size = 32
+    config.data.pad = 4
+    config.train.epochs = 24
+    config.train.warmup_epochs = 2
+    config.train.warmup_factor = 0.01
+    config.train.milestones = (16, 22)
+    config.train.eval_every_epochs = 12
+    config.train.eval_at_start = True
+    config.train.checkpoint_every_steps = 100
+    config.train.log_every_steps = 20

@@ -1,0 +1,105 @@
+"""MAT's self-supervised terms: equivariance (L_eq) and feature consistency (L_fc).
+
+The whole objective (Eq. 9, with the ID and triplet terms) is `objectives.mat_objective`.
+
+* L_eq: FOMM's equivariance of keypoints and Jacobians under a random TPS warp (Eq. 14), L1:
+  `mean |p_k - T(p'_k)| + mean |I - J_k^-1 dT(p'_k) J'_k|`, p', J' from the warped images
+  (the second forward pass of `equivariance.py`).
+* L_fc: feature consistency (Eq. 10-12): in every identity group of the P x K batch the first
+  image is A; each other image X's part distribution is brought into A's frame by the motion
+  flow `F_{A<-X}` (`motion.warp_to_target`) and compared by `KL(f_A || f_AX)`, summed over
+  positions and the K+1 channels, summed over X (Eq. 12), averaged over groups.
+
+Pure functions of arrays; the motion geometry comes from `occreid_jax.motion`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from occreid_jax import motion
+
+# Floor of the warped distribution inside the KL's logarithm (not in the paper).
+KL_EPS = 1e-6
+
+
+def equivariance_loss(
+    keypoints: jax.Array,
+    jacobians: jax.Array,
+    warped_keypoints: jax.Array,
+    warped_jacobians: jax.Array,
+    tps: dict,
+) -> tuple[jax.Array, jax.Array]:
+    """FOMM's equivariance terms for images X and their warps X'(p) = X(T(p)).
+
+    Args:
+      keypoints: [B, K, 2] keypoints p of X.
+      jacobians: [B, K, 2, 2] their Jacobians J.
+      warped_keypoints: [B, K, 2] keypoints p' found in X'.
+      warped_jacobians: [B, K, 2, 2] their Jacobians J'.
+      tps: the warp parameters of `motion.random_tps` (one warp per image).
+
+    Returns:
+      (value term `mean |p - T(p')|`, Jacobian term `mean |I - J^-1 dT(p') J'|`), scalars.
+    """
+    value = jnp.mean(jnp.abs(keypoints - motion.tps_warp(tps, warped_keypoints)))
+    grad_t = motion.tps_jacobian(tps, warped_keypoints)  # [B, K, 2, 2]
+    transformed = jnp.einsum("bkij,bkjl->bkil", grad_t, warped_jacobians)
+    normed = jnp.einsum("bkij,bkjl->bkil", motion.inverse_2x2(jacobians), transformed)
+    jacobian = jnp.mean(jnp.abs(jnp.eye(2, dtype=normed.dtype) - normed))
+    return value, jacobian
+
+
+def kl_divergence(p: jax.Array, q: jax.Array) -> jax.Array:
+    """`sum p log(p / q)` over positions and channels, per image.
+
+    Args:
+      p, q: [B, h, w, C] distributions over C at each position; q is floored at 1e-6 and
+        renormalised (a bilinear read can leave it slightly off the simplex).
+
+    Returns:
+      [B] float32.
+    """
+    q = jnp.maximum(q, KL_EPS)
+    q = q / jnp.sum(q, axis=-1, keepdims=True)
+    return jnp.sum(p * (jnp.log(jnp.maximum(p, KL_EPS)) - jnp.log(q)), axis=(1, 2, 3))
+
+
+def consistency_loss(
+    segmentation: jax.Array, keypoints: jax.Array, jacobians: jax.Array, group_size: int
+) -> jax.Array:
+    """Eq. 12 over the identity groups of an identity-major batch.
+
+    Args:
+      segmentation: [B, h, w, K+1] part distributions (channel 0 background).
+      keypoints: [B, K, 2]; jacobians: [B, K, 2, 2].
+      group_size: images per identity, adjacent in the batch (the sampler's K); the first of
+        each group is A, the others are B, C, D.
+
+    Returns:
+      Scalar: mean over groups of `sum_X KL(f_A || F_{A<-X} x f_X)`.
+    """
+    batch = segmentation.shape[0]
+    if batch % group_size:
+        raise ValueError(f"batch {batch} is not a multiple of the group size {group_size}")
+
+    def grouped(x):
+        return x.reshape(batch // group_size, group_size, *x.shape[1:])
+
+    seg, kp, jac = grouped(segmentation), grouped(keypoints), grouped(jacobians)
+    others = group_size - 1
+    anchor_seg = jnp.repeat(seg[:, :1], others, axis=1).reshape(-1, *seg.shape[2:])
+    anchor_kp = jnp.repeat(kp[:, :1], others, axis=1).reshape(-1, *kp.shape[2:])
+    anchor_jac = jnp.repeat(jac[:, :1], others, axis=1).reshape(-1, *jac.shape[2:])
+    source_seg = seg[:, 1:].reshape(-1, *seg.shape[2:])
+    warped = motion.warp_to_target(
+        source_seg,
+        anchor_seg,
+        kp[:, 1:].reshape(-1, *kp.shape[2:]),
+        jac[:, 1:].reshape(-1, *jac.shape[2:]),
+        anchor_kp,
+        anchor_jac,
+    )
+    kl = kl_divergence(anchor_seg, warped).reshape(-1, others)
+    return jnp.mean(jnp.sum(kl, axis=1))

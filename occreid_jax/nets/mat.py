@@ -1,0 +1,324 @@
+"""MAT: the motion-aware transformer (Zhou et al.; papers/mat-paper.md, reference/mat-machinery.md).
+
+    image [B, H, W, 3] -> ResNet -> [B, h, w, C] -> 1x1 projection (+ 2D sine positions)
+      -> transformer encoder (6 layers) -> f_g [B, h*w, d]             (the global feature maps)
+      -> decoder (1 layer): K keypoint queries + (K+1) segment queries attend to f_g
+      -> MLP heads with sigmoid -> keypoint embeddings [B, K, d], segment embeddings [B, K+1, d]
+      -> keypoint heatmaps  = f_g . keypoint embeddings -> soft-argmax (T = 0.1) -> keypoints
+         segmentation maps = f_g . segment embeddings  -> softmax over the K+1 channels
+      -> Jacobians: 1x1 head on f_g, identity-initialised, pooled with each keypoint's heatmap
+      -> part k feature = segmentation-weighted mean of f_g (background channel 0 excluded),
+         global feature = mean of f_g; BNNeck (+ bias-free classifier) on each.
+
+The keypoints and Jacobians feed only the training losses (equivariance, feature consistency
+through the motion flow, `losses/mat.py`); retrieval uses the global and part features and
+the parts' visibility (segmentation mass).
+
+Not in the paper (our choices, each a constructor argument): d_model 512, 8 heads,
+feed-forward 2048, dropout 0.1 (DETR's); post-norm layers; 3-layer MLP heads; learned queries
+fed to the decoder as its input; the dot products scaled by 1/sqrt(d_model) (as attention
+logits) so that the temperature 0.1 meets O(1) scores; positions added to the projected map
+(or concatenated: half the channels projected features, half positions); with
+`encoder_layers=0` f_g is the projected map itself, with `decoder_layers=0` the learned
+queries go to the MLP heads directly (image-independent embeddings: the Table 1 rows without
+encoder or decoder).
+
+Parameter tree: backbone/..., input_proj, encoder_{i}, queries, decoder_{i}, keypoint_head,
+segment_head, jacobian_head, bottleneck (global BNNeck), classifier, part_bottleneck,
+part_classifier.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from occreid_jax import motion
+from occreid_jax.errors import UserError
+from occreid_jax.nets.baseline import classifier_init
+from occreid_jax.nets.resnet import BN_MOMENTUM, NORM_EPS, get_backbone
+from occreid_jax.nets.transformer import DecoderLayer, EncoderLayer, sine_position_embedding
+
+# model.keypoints: where the keypoints of the motion flow come from.
+#   self_supervised  MAT: keypoint queries and heatmaps trained by the equivariance loss
+#   heatmaps         fed by pose heatmaps (`heatmaps=`: ground truth or a pose net, per
+#                    pose.source), grouped into K keypoints (Table 1 row #6, "pretrained")
+#   none             no keypoint branch: no motion, segmentation trained by the ID losses only
+KEYPOINT_SOURCES = ("self_supervised", "heatmaps", "none")
+POSITION_EMBEDDINGS = ("add", "concat")
+
+# COCO joints (0 nose, 1-2 eyes, 3-4 ears, 5-6 shoulders, 7-8 elbows, 9-10 wrists, 11-12
+# hips, 13-14 knees, 15-16 ankles) grouped into K keypoints for model.keypoints="heatmaps".
+# Not in the paper (which does not say how its pretrained detector's joints map to parts).
+COCO_GROUPS = {
+    3: ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9, 10, 11, 12), (13, 14, 15, 16)),
+    6: ((0, 1, 2, 3, 4), (5, 7, 9), (6, 8, 10), (11, 12), (13, 15), (14, 16)),
+    10: ((0, 1, 2, 3, 4), (5,), (6,), (7,), (8,), (9,), (10,), (11, 12), (13, 15), (14, 16)),
+    17: tuple((j,) for j in range(17)),
+}
+
+
+def _identity_jacobian_bias(num_keypoints: int):
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        return jnp.tile(jnp.asarray([1.0, 0.0, 0.0, 1.0], dtype), num_keypoints).reshape(shape)
+
+    return init
+
+
+class MLPHead(nn.Module):
+    """`num_layers` Dense layers of width `features`, ReLU between, sigmoid at the end."""
+
+    features: int
+    num_layers: int = 3
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(self.num_layers):
+            x = nn.Dense(self.features, dtype=jnp.float32, name=f"linear{i}")(x)
+            if i < self.num_layers - 1:
+                x = nn.relu(x)
+        return nn.sigmoid(x)
+
+
+def group_heatmaps(heatmaps: jax.Array, size: tuple[int, int], num_keypoints: int) -> jax.Array:
+    """COCO heatmaps -> K spatial distributions at the feature resolution.
+
+    Args:
+      heatmaps: [B, H/4, W/4, 17] pose heatmaps (0..1).
+      size: (h, w) of the feature map.
+      num_keypoints: K, a key of `COCO_GROUPS`.
+
+    Returns:
+      [B, h, w, K] float32, each channel summing to 1: the group's summed heatmaps resized
+      (antialiased) to (h, w), plus 1e-6 everywhere, normalised. A group with no visible
+      joint (all-zero heatmaps) becomes uniform, i.e. a keypoint at the image centre.
+    """
+    batch = heatmaps.shape[0]
+    maps = jax.image.resize(
+        heatmaps.astype(jnp.float32), (batch, *size, heatmaps.shape[-1]), "linear"
+    )
+    maps = jnp.maximum(maps, 0.0)
+    grouped = jnp.stack(
+        [maps[..., list(group)].sum(-1) for group in COCO_GROUPS[num_keypoints]], axis=-1
+    )
+    grouped = grouped + 1e-6
+    return grouped / grouped.sum(axis=(1, 2), keepdims=True)
+
+
+class Mat(nn.Module):
+    """The motion-aware transformer; see the module docstring.
+
+    Attributes:
+      num_classes: training identities; 0 builds no classifiers (inference / export).
+      backbone: a name in `resnet.BACKBONES` (the paper: resnet50).
+      last_stride: stride of the backbone's last stage (1: 16 x 8 maps at 256 x 128).
+      num_parts: K keypoints and K parts (+ background); 10 in the paper (Table 2: 3-17).
+      d_model, num_heads, ffn_dim, dropout: transformer width, heads, feed-forward width,
+        dropout (not in the paper: 512, 8, 2048, 0.1).
+      encoder_layers: 6 in the paper; 0 = no encoder (Table 1).
+      decoder_layers: 1 in the paper; 0 = no decoder (Table 1).
+      head_layers: layers of each MLP head (not in the paper: 3).
+      position_embedding: "add" (not in the paper) or "concat" (the paper's wording).
+      temperature: soft-argmax temperature (0.1, FOMM).
+      keypoints: "self_supervised" | "heatmaps" | "none", see `KEYPOINT_SOURCES`.
+      segmentation: the part-segmentation branch; False leaves only the global feature.
+      dtype: compute dtype of backbone and transformer; heads and maps are float32.
+      bn_axis_name: axis name for synchronised BatchNorm under pmap/shard_map.
+    """
+
+    num_classes: int
+    backbone: str = "resnet50"
+    last_stride: int = 1
+    num_parts: int = 10
+    d_model: int = 512
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    encoder_layers: int = 6
+    decoder_layers: int = 1
+    dropout: float = 0.1
+    head_layers: int = 3
+    position_embedding: str = "add"
+    temperature: float = 0.1
+    keypoints: str = "self_supervised"
+    segmentation: bool = True
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    def __post_init__(self) -> None:
+        get_backbone(self.backbone)
+        problems = []
+        if self.num_classes < 0:
+            problems.append(f"num_classes must be >= 0, got {self.num_classes}")
+        if self.num_parts < 1:
+            problems.append(f"model.num_parts must be >= 1, got {self.num_parts}")
+        if self.keypoints not in KEYPOINT_SOURCES:
+            problems.append(
+                f"unknown model.keypoints {self.keypoints!r}; use one of {KEYPOINT_SOURCES}"
+            )
+        if self.keypoints == "heatmaps" and self.num_parts not in COCO_GROUPS:
+            problems.append(
+                f"model.keypoints='heatmaps' groups the 17 COCO joints into "
+                f"{tuple(COCO_GROUPS)} parts; set model.num_parts to one of them"
+            )
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            problems.append(
+                f"unknown model.position_embedding {self.position_embedding!r}; "
+                f"use one of {POSITION_EMBEDDINGS}"
+            )
+        if self.d_model % self.num_heads or self.d_model % 4:
+            problems.append(
+                f"model.d_model={self.d_model} must be a multiple of 4 and of "
+                f"model.num_heads={self.num_heads}"
+            )
+        if self.encoder_layers < 0 or self.decoder_layers < 0 or self.head_layers < 1:
+            problems.append("model.encoder_layers, decoder_layers >= 0 and head_layers >= 1")
+        if problems:
+            raise UserError("; ".join(problems))
+        super().__post_init__()
+
+    def _tokens(self, fmap: jax.Array) -> jax.Array:
+        """[B, h, w, C] -> encoder input [B, h*w, d_model] with positions."""
+        batch, height, width, _ = fmap.shape
+        d = self.d_model
+        if self.position_embedding == "add":
+            x = nn.Dense(d, dtype=self.dtype, name="input_proj")(fmap)
+            x = x + sine_position_embedding(height, width, d).astype(x.dtype)
+        else:
+            x = nn.Dense(d // 2, dtype=self.dtype, name="input_proj")(fmap)
+            pos = sine_position_embedding(height, width, d - d // 2).astype(x.dtype)
+            x = jnp.concatenate([x, jnp.broadcast_to(pos, (batch, *pos.shape))], axis=-1)
+        return x.reshape(batch, height * width, d)
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, train: bool, heatmaps: jax.Array | None = None
+    ) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+        """Embeds a batch of images.
+
+        Args:
+          x: [B, H, W, 3] ImageNet-normalised images.
+          train: BatchNorm batch statistics and dropout on (dropout needs a "dropout" rng).
+          heatmaps: [B, H/4, W/4, 17] pose heatmaps; read only with keypoints="heatmaps".
+
+        Returns:
+          (embeddings, aux), float32. h, w = the feature map size; K = num_parts.
+            embeddings["global"]: [B, d] global BNNeck feature.
+            embeddings["parts"]: [B, K, d] part BNNeck features (with segmentation).
+            embeddings["visibility"]: [B, K] part segmentation mass (mean probability).
+            aux["global_feat"] [B, d], aux["logits"] [B, C]; with segmentation
+            aux["part_feat"] [B, K, d], aux["part_logits"] [B, K, C],
+            aux["segmentation"] [B, h, w, K+1] (softmax, channel 0 background); with
+            keypoints aux["keypoints"] [B, K, 2] ([-1, 1], see `motion`),
+            aux["jacobians"] [B, K, 2, 2], aux["keypoint_heatmaps"] [B, h, w, K].
+            Logits are absent when num_classes == 0; keypoints are absent with
+            keypoints="heatmaps" when no heatmaps are given (inference).
+        """
+        fmap = get_backbone(self.backbone)(
+            last_stride=self.last_stride,
+            dtype=self.dtype,
+            bn_axis_name=self.bn_axis_name,
+            name="backbone",
+        )(x, train)
+        batch, height, width, _ = fmap.shape
+        d, k = self.d_model, self.num_parts
+
+        tokens = self._tokens(fmap)
+        for i in range(self.encoder_layers):
+            tokens = EncoderLayer(
+                d, self.num_heads, self.ffn_dim, self.dropout, self.dtype, name=f"encoder_{i}"
+            )(tokens, train)
+        features = tokens.astype(jnp.float32)  # f_g: [B, N, d], N = h * w
+
+        num_kp = k if self.keypoints == "self_supervised" else 0
+        num_seg = k + 1 if self.segmentation else 0
+        embeddings = None
+        if num_kp + num_seg:
+            queries = self.param(
+                "queries", nn.initializers.normal(1.0), (num_kp + num_seg, d), jnp.float32
+            )
+            q = jnp.broadcast_to(queries.astype(self.dtype), (batch, num_kp + num_seg, d))
+            for i in range(self.decoder_layers):
+                q = DecoderLayer(
+                    d, self.num_heads, self.ffn_dim, self.dropout, self.dtype, name=f"decoder_{i}"
+                )(q, tokens, train)
+            embeddings = q.astype(jnp.float32)
+        scale = 1.0 / math.sqrt(d)
+        aux: dict[str, Any] = {}
+
+        if self.keypoints != "none":
+            # FOMM's Jacobian head: zero weights, bias = identity, so every J_k starts at I.
+            jacobian_map = nn.Dense(
+                4 * k,
+                dtype=jnp.float32,
+                kernel_init=nn.initializers.zeros,
+                bias_init=_identity_jacobian_bias(k),
+                name="jacobian_head",
+            )(features).reshape(batch, height, width, 4 * k)
+            heat = None
+            if self.keypoints == "self_supervised":
+                emb = MLPHead(d, self.head_layers, name="keypoint_head")(embeddings[:, :num_kp])
+                logits = jnp.einsum("bnd,bkd->bnk", features, emb) * scale
+                points, heat = motion.soft_argmax(
+                    logits.reshape(batch, height, width, k), self.temperature
+                )
+            elif heatmaps is not None:
+                heat = group_heatmaps(heatmaps, (height, width), k)
+                points = motion.expected_position(heat)
+            elif train:
+                raise UserError(
+                    "model.keypoints='heatmaps' needs pose heatmaps; set --config.pose.source "
+                    "to ground_truth (synthetic), precomputed or online"
+                )
+            if heat is not None:
+                aux["keypoints"] = points
+                aux["jacobians"] = motion.pool_jacobians(heat, jacobian_map)
+                aux["keypoint_heatmaps"] = heat
+
+        global_feat = jnp.mean(features, axis=1)
+        aux["global_feat"] = global_feat
+        out = {"global": self._bnneck(global_feat, train, "bottleneck")}
+        if self.num_classes:
+            aux["logits"] = nn.Dense(
+                self.num_classes,
+                use_bias=False,
+                dtype=jnp.float32,
+                kernel_init=classifier_init,
+                name="classifier",
+            )(out["global"])
+
+        if self.segmentation:
+            emb = MLPHead(d, self.head_layers, name="segment_head")(embeddings[:, num_kp:])
+            seg = jax.nn.softmax(jnp.einsum("bnd,bkd->bnk", features, emb) * scale, axis=-1)
+            part_weights = seg[..., 1:]  # [B, N, K], background excluded
+            mass = part_weights.sum(axis=1)  # [B, K]
+            part_feat = jnp.einsum("bnk,bnd->bkd", part_weights, features) / (
+                mass[..., None] + 1e-6
+            )
+            aux["segmentation"] = seg.reshape(batch, height, width, k + 1)
+            aux["part_feat"] = part_feat
+            bn_parts = self._bnneck(part_feat.reshape(batch, k * d), train, "part_bottleneck")
+            out["parts"] = bn_parts.reshape(batch, k, d)
+            out["visibility"] = mass / (height * width)
+            if self.num_classes:
+                kernel = self.param(
+                    "part_classifier", classifier_init, (k, d, self.num_classes), jnp.float32
+                )
+                aux["part_logits"] = jnp.einsum("bkd,kdc->bkc", out["parts"], kernel)
+        return out, aux
+
+    def _bnneck(self, feat: jax.Array, train: bool, name: str) -> jax.Array:
+        """BatchNorm1d with the bias frozen at zero (omitted), float32."""
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=NORM_EPS,
+            use_bias=False,
+            dtype=jnp.float32,
+            axis_name=self.bn_axis_name,
+            name=name,
+        )(feat)
