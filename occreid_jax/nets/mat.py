@@ -210,7 +210,8 @@ class Mat(nn.Module):
             embeddings["global"]: [B, d] global BNNeck feature.
             embeddings["parts"]: [B, K, d] part BNNeck features (with segmentation).
             embeddings["visibility"]: [B, K] part segmentation mass (mean probability).
-            aux["global_feat"] [B, d], aux["logits"] [B, C]; with segmentation
+            aux["feature_maps"] [B, h, w, d] (f_g), aux["global_feat"] [B, d] (its mean),
+            aux["logits"] [B, C]; with segmentation
             aux["part_feat"] [B, K, d], aux["part_logits"] [B, K, C],
             aux["segmentation"] [B, h, w, K+1] (softmax, channel 0 background); with
             keypoints aux["keypoints"] [B, K, 2] ([-1, 1], see `motion`),
@@ -280,6 +281,7 @@ class Mat(nn.Module):
                 aux["keypoint_heatmaps"] = heat
 
         global_feat = jnp.mean(features, axis=1)
+        aux["feature_maps"] = features.reshape(batch, height, width, d)
         aux["global_feat"] = global_feat
         out = {"global": self._bnneck(global_feat, train, "bottleneck")}
         if self.num_classes:

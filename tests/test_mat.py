@@ -1,0 +1,208 @@
+"""The MAT model: contract, maps, switches of Tables 1 and 2, and a real train step."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from occreid_jax import nets, optim
+from occreid_jax.errors import UserError
+from occreid_jax.losses.objectives import MatLossConfig, mat_objective
+from occreid_jax.nets.mat import COCO_GROUPS, group_heatmaps
+from occreid_jax.train import create_train_state, make_forward, parallel_train_step
+
+IMAGE = (64, 32)  # resnet_tiny: 4 x 2 feature maps
+TINY = dict(
+    backbone="resnet_tiny", num_parts=3, d_model=16, num_heads=2, ffn_dim=32, encoder_layers=1
+)
+
+
+def _images(batch=4, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=(batch, *IMAGE, 3)), jnp.float32)
+
+
+@functools.lru_cache
+def _run(num_classes=5, **overrides):
+    """(embeddings, aux, variables) of a tiny MAT on fixed images (one jitted init)."""
+    model = nets.build_model("mat", num_classes=num_classes, **{**TINY, **overrides})
+    init = jax.jit(functools.partial(model.init_with_output, train=False))
+    (embeddings, aux), variables = init(jax.random.PRNGKey(0), _images())
+    return embeddings, aux, variables
+
+
+def _shapes(num_classes=5, **overrides):
+    """The same outputs as shapes only: traced, not compiled (fast)."""
+    model = nets.build_model("mat", num_classes=num_classes, **{**TINY, **overrides})
+    init = functools.partial(model.init_with_output, train=False)
+    (embeddings, aux), variables = jax.eval_shape(init, jax.random.PRNGKey(0), _images())
+    return embeddings, aux, variables
+
+
+def test_embeddings_and_aux_shapes():
+    embeddings, aux, _ = _run()
+    assert {k: v.shape for k, v in embeddings.items()} == {
+        "global": (4, 16),
+        "parts": (4, 3, 16),
+        "visibility": (4, 3),
+    }
+    assert aux["logits"].shape == (4, 5) and aux["part_logits"].shape == (4, 3, 5)
+    assert aux["segmentation"].shape == (4, 4, 2, 4)  # K + 1 channels at 4 x 2
+    assert aux["keypoint_heatmaps"].shape == (4, 4, 2, 3)
+    assert aux["keypoints"].shape == (4, 3, 2) and aux["jacobians"].shape == (4, 3, 2, 2)
+
+
+def test_export_model_has_no_classifiers():
+    embeddings, aux, variables = _shapes(num_classes=0)
+    assert "logits" not in aux and "part_logits" not in aux
+    assert "classifier" not in variables["params"]
+    assert "part_classifier" not in variables["params"]
+    assert set(embeddings) == {"global", "parts", "visibility"}
+
+
+def test_maps_are_distributions_and_jacobians_start_at_identity():
+    embeddings, aux, _ = _run()
+    seg = np.asarray(aux["segmentation"])
+    np.testing.assert_allclose(seg.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(aux["keypoint_heatmaps"]).sum((1, 2)), 1.0, rtol=1e-5)
+    assert np.abs(np.asarray(aux["keypoints"])).max() <= 1.0
+    # FOMM's identity initialisation of the Jacobian head.
+    np.testing.assert_allclose(
+        aux["jacobians"], np.broadcast_to(np.eye(2), (4, 3, 2, 2)), atol=1e-6
+    )
+    # Visibility = segmentation mass per part; with the background it sums to 1.
+    background = seg[..., 0].mean(axis=(1, 2))
+    np.testing.assert_allclose(
+        np.asarray(embeddings["visibility"]).sum(-1) + background, 1.0, rtol=1e-5
+    )
+
+
+def test_keypoints_are_the_soft_argmax_of_the_heatmaps():
+    _, aux, _ = _run()
+    heat = np.asarray(aux["keypoint_heatmaps"])
+    from occreid_jax import motion
+
+    grid = np.asarray(motion.make_grid(4, 2))
+    expected = np.einsum("bhwk,hwc->bkc", heat, grid)
+    np.testing.assert_allclose(aux["keypoints"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_part_features_are_segmentation_weighted_means_of_the_encoder_output():
+    _, aux, _ = _run()
+    maps = np.asarray(aux["feature_maps"]).reshape(4, -1, 16)  # f_g [B, N, d]
+    seg = np.asarray(aux["segmentation"]).reshape(4, -1, 4)[..., 1:]  # [B, N, K], no background
+    expected = np.einsum("bnk,bnd->bkd", seg, maps) / seg.sum(1)[..., None]
+    np.testing.assert_allclose(aux["part_feat"], expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(aux["global_feat"], maps.mean(1), rtol=1e-5, atol=1e-6)
+    # Heatmaps and segmentation are dot products of f_g with the head embeddings (scaled):
+    # a softmax over channels of rank-(K+1) logits, i.e. not constant over positions.
+    assert np.ptp(seg, axis=1).max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    "overrides, present, absent",
+    [
+        ({"encoder_layers": 0, "decoder_layers": 0}, {"keypoints", "segmentation"}, set()),
+        ({"decoder_layers": 0}, {"keypoints", "segmentation"}, set()),
+        ({"keypoints": "none"}, {"segmentation", "part_feat"}, {"keypoints", "jacobians"}),
+        ({"segmentation": False}, {"keypoints"}, {"segmentation", "part_logits"}),
+        ({"position_embedding": "concat"}, {"keypoints", "segmentation"}, set()),
+        ({"num_parts": 6}, {"keypoints", "segmentation"}, set()),
+    ],
+)
+def test_ablation_switches(overrides, present, absent):
+    embeddings, aux, variables = _shapes(**overrides)
+    assert present <= set(aux) and not absent & set(aux)
+    if overrides.get("decoder_layers") == 0:
+        assert not any(name.startswith("decoder") for name in variables["params"])
+    if overrides.get("encoder_layers") == 0:
+        assert not any(name.startswith("encoder") for name in variables["params"])
+    if overrides.get("segmentation") is False:
+        assert set(embeddings) == {"global"}
+
+
+def test_group_heatmaps_put_keypoints_on_their_joints():
+    heatmaps = np.zeros((1, 16, 8, 17), np.float32)
+    heatmaps[0, 2, 6, 5] = 1.0  # left shoulder near the top right
+    heatmaps[0, 13, 1, 13] = heatmaps[0, 13, 1, 15] = 1.0  # left knee and ankle, bottom left
+    grouped = np.asarray(group_heatmaps(jnp.asarray(heatmaps), (4, 2), 10))
+    np.testing.assert_allclose(grouped.sum((1, 2)), 1.0, rtol=1e-5)
+    shoulder = COCO_GROUPS[10].index((5,))
+    left_leg = COCO_GROUPS[10].index((13, 15))
+    assert np.unravel_index(grouped[0, ..., shoulder].argmax(), (4, 2)) == (0, 1)
+    assert np.unravel_index(grouped[0, ..., left_leg].argmax(), (4, 2)) == (3, 0)
+    # A group with no visible joint is uniform.
+    np.testing.assert_allclose(grouped[0, ..., 0], 1.0 / 8, rtol=1e-4)
+
+
+def test_heatmap_keypoints_follow_the_given_heatmaps():
+    model = nets.build_model("mat", num_classes=5, **{**TINY, "keypoints": "heatmaps"})
+    images = _images()
+    heatmaps = np.zeros((4, 16, 8, 17), np.float32)
+    heatmaps[:, 14, 1, [13, 15]] = 1.0  # left knee / ankle: group (13, 15) of K=3 "legs"
+    rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}
+    init = jax.jit(functools.partial(model.init_with_output, train=True))  # train-mode outputs
+    (_, aux), variables = init(rngs, images, heatmaps=jnp.asarray(heatmaps))
+    legs = aux["keypoints"][:, 2]
+    assert (legs[:, 0] < 0).all() and (legs[:, 1] > 0.4).all()  # left (x < 0), low (y > 0)
+    assert "keypoint_head" not in variables["params"]
+    # Inference needs no heatmaps (no keypoints then); training without them is an error.
+    _, aux = jax.eval_shape(functools.partial(model.apply, train=False), variables, images)
+    assert "keypoints" not in aux and "segmentation" in aux
+    with pytest.raises(UserError, match="pose.source"):
+        jax.eval_shape(
+            functools.partial(model.apply, train=True, mutable=["batch_stats"],
+                              rngs={"dropout": jax.random.PRNGKey(0)}),
+            variables, images,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"keypoints": "pose"}, "model.keypoints"),
+        ({"keypoints": "heatmaps", "num_parts": 4}, "num_parts"),
+        ({"position_embedding": "cat"}, "position_embedding"),
+        ({"d_model": 18}, "d_model"),
+        ({"num_parts": 0}, "num_parts"),
+    ],
+)
+def test_bad_settings_are_user_errors(overrides, message):
+    with pytest.raises(UserError, match=message):
+        nets.build_model("mat", num_classes=3, **{**TINY, **overrides})
+
+
+def test_a_train_step_reaches_every_parameter():
+    """One real pmapped step (two passes, Eq. 9): every parameter leaf gets a gradient.
+
+    SGD without weight decay and momentum starting at zero: a leaf changes iff its gradient is
+    non-zero somewhere.
+    """
+    model = nets.build_model("mat", num_classes=4, bn_axis_name="batch", **TINY)
+    cfg = ml_collections.ConfigDict(
+        dict(optimizer="sgd", lr=0.1, weight_decay=0.0, momentum=0.9, adam_betas=(0.9, 0.999),
+             schedule="warmup_multistep", warmup_epochs=0, warmup_factor=1.0, epochs=1,
+             milestones=(10,), gamma=0.1)
+    )  # fmt: skip
+    tx = optim.make_optimizer(cfg, optim.make_schedule(cfg, 1))
+    state = create_train_state(model, tx, jax.random.PRNGKey(0), IMAGE)
+    loss_cfg = MatLossConfig(triplet_metric="sqeuclidean", label_smoothing=0.0, group_size=4)
+    step = parallel_train_step(
+        functools.partial(mat_objective, cfg=loss_cfg), forward=make_forward("mat", loss_cfg)
+    )
+    devices = jax.local_device_count()
+    batch = {
+        "images": np.asarray(_images(8)).reshape(devices, 8 // devices, *IMAGE, 3),
+        "labels": np.repeat(np.arange(2), 4).astype(np.int32).reshape(devices, -1),
+    }
+    new_state, metrics = step(state, batch)
+    for name in ("equivariance_value", "equivariance_jacobian", "consistency", "part_ce"):
+        assert np.isfinite(metrics[name]).all()
+    assert float(metrics["consistency"][0]) > 0
+    changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                           state.params, new_state.params)  # fmt: skip
+    flat = jax.tree_util.tree_flatten_with_path(changed)[0]
+    frozen = [jax.tree_util.keystr(path) for path, moved in flat if not moved]
+    assert not frozen, f"parameters without gradient: {frozen}"
