@@ -75,5 +75,41 @@ def baseline_objective(aux: dict, labels: jax.Array, cfg: LossConfig):
     return loss, {"loss": loss, "ce": ce, "triplet": tri, "accuracy": accuracy}
 
 
+def pirt_objective(aux: dict, labels: jax.Array, cfg: LossConfig):
+    """Pirt as released: CE(stripe) + CE(patch) + mean_p CE(part_p) + mean_p triplet(part_p).
+
+    Paper Eq. 15-17 (its Eq. 16 has no triplet on the global features, and neither has the
+    released code). Every CE uses label smoothing; each part's batch-hard triplet is computed
+    on its confidence-weighted feature before the part's BNNeck. Without the pose branch
+    (`use_pose=False`) only the two global CE terms remain.
+
+    Args:
+      aux: the model's aux: `logits` {"stripe", "patch", "part0", ...} -> [B, C] and, with
+        the pose branch, `parts` [B, P, D].
+      labels: [B] int train labels.
+    Returns:
+      (scalar loss, dict of scalar metrics).
+    """
+    logits = aux["logits"]
+
+    def ce(name):
+        return cross_entropy_label_smoothing(logits[name], labels, epsilon=cfg.label_smoothing)
+
+    global_ce = ce("stripe") + ce("patch")
+    metrics = {"ce_stripe": ce("stripe"), "ce_patch": ce("patch")}
+    loss = cfg.ce_weight * global_ce
+    if "parts" in aux:
+        num_parts = aux["parts"].shape[1]
+        part_ce = jnp.mean(jnp.stack([ce(f"part{p}") for p in range(num_parts)]))
+        parts = aux["parts"].astype(jnp.float32)
+        part_tri = jnp.mean(
+            jnp.stack([grouped_triplet(parts[:, p], labels, cfg) for p in range(num_parts)])
+        )
+        loss = loss + cfg.ce_weight * part_ce + cfg.triplet_weight * part_tri
+        metrics.update(ce_parts=part_ce, triplet=part_tri)
+    accuracy = jnp.mean(jnp.argmax(logits["stripe"], -1) == labels)
+    return loss, {"loss": loss, **metrics, "accuracy": accuracy}
+
+
 # Plain-dict registry: model name -> its objective.
-OBJECTIVES = {"baseline": baseline_objective}
+OBJECTIVES = {"baseline": baseline_objective, "pirt": pirt_objective}
