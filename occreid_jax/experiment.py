@@ -6,7 +6,6 @@ and (except train from scratch) restore the workdir's latest checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -17,13 +16,14 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from occreid_jax import evaluation, export, nets, optim, pose
+from occreid_jax import evaluation, export, matching, nets, optim, pose
 from occreid_jax.checkpointing import Checkpointer
 from occreid_jax.data import datasets, heatmap_store, pipeline
+from occreid_jax.data.augment import COCO_FLIP_PERMUTATION
 from occreid_jax.data.sampler import IdentitySampler, check_batch_layout
 from occreid_jax.errors import UserError
+from occreid_jax.evaluation import pirt_matching
 from occreid_jax.losses.objectives import loss_settings, make_objective
-from occreid_jax.matching import distance_features
 from occreid_jax.metrics_log import MetricsLog
 from occreid_jax.train import (
     create_train_state,
@@ -43,10 +43,10 @@ NON_MODEL_FIELDS = ("name", "backbone_init")
 def model_kwargs(config: ml_collections.ConfigDict, num_classes: int) -> dict:
     """Constructor arguments of the configured model (JSON-able, stored in checkpoints).
 
-    config.model fields the model does not take are left out, so one config can switch
-    `model.name` (e.g. MAT's config trains its "baseline" ablation row).
+    Fields the model does not take are left out, so one config can switch `model.name` (e.g.
+    the `baseline` row of Pirt's ablation table keeps Pirt's other fields).
     """
-    accepted = {f.name for f in dataclasses.fields(nets.MODELS[config.model.name])}
+    accepted = set(nets.MODELS[config.model.name].__dataclass_fields__)
     kwargs = {k: v for k, v in config.model.items() if k not in NON_MODEL_FIELDS and k in accepted}
     kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
     return {**kwargs, "num_classes": int(num_classes), "dtype": config.train.dtype}
@@ -117,6 +117,27 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
             f"{config.model.backbone!r}; use one of {', '.join(PRETRAINED_BACKBONES)} or clear it"
         )
     pose.check(config)
+    takes_pose = "use_pose" in nets.MODELS[config.model.name].__dataclass_fields__
+    if takes_pose and config.model.use_pose and config.pose.source == "none":
+        raise UserError(
+            f"{config.model.name} is pose-guided but pose.source is none; set "
+            "--config.pose.source=precomputed (after --mode=heatmaps), online, or ground_truth "
+            "(synthetic), or --config.model.use_pose=False"
+        )
+    mat_reads_pose = config.model.name == "mat" and config.model.keypoints == "heatmaps"
+    if mat_reads_pose and config.pose.source == "none":
+        raise UserError(
+            "model.keypoints=heatmaps reads pose heatmaps but pose.source is none; set "
+            "--config.pose.source=ground_truth (synthetic), precomputed (after "
+            "--mode=heatmaps) or online, or --config.model.keypoints=self_supervised"
+        )
+    if config.model.name == "pirt":
+        try:
+            pirt_matching.check_settings(
+                {k: config.eval[k] for k in pirt_matching.DEFAULT_SETTINGS if k in config.eval}
+            )
+        except ValueError as error:
+            raise UserError(f"{error}; fix the --config.eval field") from None
     check_batch_layout(
         config.data.batch_size, config.data.instances_per_id, jax.local_device_count()
     )
@@ -142,12 +163,20 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
 # ----------------------------------------------------------------------------- features
 
 
+def _mirror_heatmaps(heatmaps):
+    """Heatmaps [..., h, w, 17] of the mirrored image: flipped, left and right joints swapped."""
+    if heatmaps is None:
+        return None
+    return heatmaps[..., ::-1, :][..., list(COCO_FLIP_PERMUTATION)]
+
+
 def extract_features(embed_batch, split: datasets.Split, config, desc: str) -> dict:
     """Runs the model over a split in order.
 
     Args:
-      embed_batch: images [D, b, H, W, 3] (normalised) -> dict of [D, b, ...] features.
-      split: the images to embed.
+      embed_batch: (images [D, b, H, W, 3] normalised, heatmaps [D, b, H/4, W/4, 17] or None)
+        -> dict of [D, b, ...] features.
+      split: the images to embed; its heatmaps (if loaded) go to the model too.
       config: the run config (data.image_size, data.eval_batch_size, eval.flip).
     Returns:
       dict of [N, ...] float32 numpy features; with eval.flip, the mean of the features of
@@ -159,13 +188,15 @@ def extract_features(embed_batch, split: datasets.Split, config, desc: str) -> d
         image_size=config.data.image_size,
         batch_size=config.data.eval_batch_size,
         num_devices=num_devices,
+        with_heatmaps=split.heatmaps is not None,
     )
     chunks: dict[str, list] = {}
     total = -(-len(split) // config.data.eval_batch_size)
     for batch in tqdm(batches, total=total, desc=desc, unit="batch", leave=False):
-        features = embed_batch(batch["images"])
+        heatmaps = batch.get("heatmaps")
+        features = embed_batch(batch["images"], heatmaps)
         if config.eval.flip:
-            mirrored = embed_batch(batch["images"][:, :, :, ::-1])
+            mirrored = embed_batch(batch["images"][:, :, :, ::-1], _mirror_heatmaps(heatmaps))
             features = jax.tree.map(lambda a, b: (a + b) / 2, features, mirrored)
         mask = batch["mask"].reshape(-1)
         for key, value in jax.device_get(features).items():
@@ -188,20 +219,43 @@ def evaluate_splits(embed_batch, model_name: str, eval_splits: dict, config) -> 
     results = {}
     for row, (query, gallery) in datasets.eval_sets(eval_dataset(config)).items():
         q, g = eval_splits[query], eval_splits[gallery]
-        metrics = evaluation.evaluate_features(
-            distance_features(model_name, features(query)),
-            distance_features(model_name, features(gallery)),
-            q.pids,
-            g.pids,
-            q.camids,
-            g.camids,
-            metric=config.eval.metric,
-            max_rank=config.eval.max_rank,
-            chunk_size=config.eval.query_chunk,
-            rerank=config.eval.rerank,
+        results[row] = summarize(
+            match_and_rank(model_name, features(query), features(gallery), q, g, config)
         )
-        results[row] = summarize(metrics)
     return results
+
+
+def match_and_rank(
+    model_name: str,
+    q_features: dict,
+    g_features: dict,
+    query: datasets.Split,
+    gallery: datasets.Split,
+    config,
+) -> dict:
+    """Metrics of one query set against one gallery, by the model's own matching rule if it
+    has one (Pirt), else by the distance of its global features."""
+    rule = matching.own_rule(model_name, q_features, config.eval)
+    ids = (query.pids, gallery.pids, query.camids, gallery.camids)
+    if rule is not None:
+        if config.eval.rerank:
+            raise UserError(
+                f"eval.rerank is not available with {model_name}'s own matching rule; "
+                "set --config.eval.rerank=False"
+            )
+        distance_block = rule(q_features, g_features)
+        return evaluation.evaluate_distance_blocks(
+            distance_block, *ids, max_rank=config.eval.max_rank, chunk_size=config.eval.query_chunk
+        )
+    return evaluation.evaluate_features(
+        matching.global_features(model_name, q_features),
+        matching.global_features(model_name, g_features),
+        *ids,
+        metric=config.eval.metric,
+        max_rank=config.eval.max_rank,
+        chunk_size=config.eval.query_chunk,
+        rerank=config.eval.rerank,
+    )
 
 
 def eval_dataset(config) -> str:
@@ -259,10 +313,29 @@ class Experiment:
         """Every split the evaluation rows need, in memory."""
         rows = datasets.eval_sets(eval_dataset(self.config))
         needed = {split for pair in rows.values() for split in pair}
-        return {
-            name: datasets.load_split(self.eval_builder, name, with_heatmaps=False)
+        source = self.config.pose.source
+        splits = {
+            name: datasets.load_split(
+                self.eval_builder, name, with_heatmaps=source == "ground_truth"
+            )
             for name in needed
         }
+        if source == "precomputed":
+            data = self.config.data
+            builder_config = data.test_builder_config if data.test_name else data.builder_config
+            store = pose.store(self.config, eval_dataset(self.config), builder_config)
+            for name, split in splits.items():
+                split.heatmaps = store.read(name, split.filenames)
+        return splits
+
+    @functools.cached_property
+    def online_pose_fn(self):
+        """Normalised images [D, b, H, W, 3] -> heatmaps with the frozen pose net, or None
+        unless `pose.source` is online."""
+        if self.config.pose.source != "online":
+            return None
+        module, variables = pose.load_pose_net(self.config)
+        return pose.parallel_pose_fn(module, variables)
 
     def model_and_checkpointer(self, num_classes: int):
         kwargs = model_kwargs(self.config, num_classes)
@@ -297,9 +370,20 @@ class Experiment:
         return model, kwargs, replicate(state)
 
     def embedder(self, model, state):
+        """(images [D, b, H, W, 3], heatmaps or None) -> embeddings, with the state's weights.
+
+        With `pose.source = online` the heatmaps come from the frozen pose net.
+        """
         p_embed = parallel_embed(model)
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        return functools.partial(p_embed, variables)
+        pose_fn = self.online_pose_fn
+
+        def embed(images, heatmaps=None):
+            if pose_fn is not None:
+                heatmaps = pose_fn(images)
+            return p_embed(variables, images, heatmaps)
+
+        return embed
 
 
 def init_backbone(state, config):
@@ -496,13 +580,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, export_path: str =
 
         # An export is evaluated with the matching settings stored with it.
         config = ml_collections.ConfigDict(config.to_dict())
-        config.eval.metric = bundle.matching["metric"]
-        config.eval.flip = bundle.matching["flip"]
+        for key, value in bundle.matching.items():
+            config.eval[key] = value
+        pose_fn = exp.online_pose_fn
 
-        def embed(images):
-            flat = images.reshape(-1, *images.shape[2:])
-            features = bundle.embed_normalized(flat)
-            return jax.tree.map(lambda x: x.reshape(*images.shape[:2], *x.shape[1:]), features)
+        def embed(images, heatmaps=None):
+            if pose_fn is not None:
+                heatmaps = pose_fn(images)
+            lead = images.shape[:2]
+            if heatmaps is not None:
+                heatmaps = heatmaps.reshape(-1, *heatmaps.shape[2:])
+            features = bundle.embed_normalized(images.reshape(-1, *images.shape[2:]), heatmaps)
+            return jax.tree.map(lambda x: x.reshape(*lead, *x.shape[1:]), features)
 
         return evaluate_splits(embed, bundle.model_name, exp.eval_splits, config)
     model, _, state = exp.restored_state()  # before the dataset: fail fast without a checkpoint
@@ -519,7 +608,7 @@ def export_bundle(config: ml_collections.ConfigDict, workdir: str, path: str = "
         model_kwargs=kwargs,
         variables={"params": state.params, "batch_stats": state.batch_stats},
         image_size=tuple(config.data.image_size),
-        matching={"metric": config.eval.metric, "flip": bool(config.eval.flip)},
+        matching=matching.settings(config.eval),
     )
 
 
@@ -538,7 +627,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str, path: str = "") -> 
     for split_name, split in exp.eval_splits.items():
         prefix = "query" if split_name == "query" else split_name
         features = extract_features(embed, split, config, desc=f"embed {split_name}")
-        arrays[f"{prefix}_features"] = distance_features(config.model.name, features)
+        arrays[f"{prefix}_features"] = matching.global_features(config.model.name, features)
         for key, value in features.items():
             arrays[f"{prefix}_{key}"] = value
         arrays[f"{prefix}_pids"] = split.pids

@@ -10,6 +10,10 @@ A bundle is a folder with two files:
   bundle = occreid_jax.export.load("runs/demo/export")
   features = bundle.embed(images)   # images [B, H, W, 3] RGB 0..255 at bundle.image_size
   features["global"]                # [B, D] float32
+  bundle.embed(images, heatmaps)    # pose-guided models (Pirt): heatmaps [B, H/4, W/4, 17]
+
+`bundle.matching` holds the matching settings (metric, flip, and a model's own rule such as
+Pirt's top_n / confidence); `occreid_jax.matching` turns the features into distances.
 """
 
 from __future__ import annotations
@@ -41,9 +45,12 @@ class Bundle:
       model_name: registry name of the model (`occreid_jax.nets.MODELS`).
       model_kwargs: constructor arguments.
       image_size: (H, W) the model expects.
-      matching: evaluation settings stored with the model (metric, flip).
+      matching: evaluation settings stored with the model (metric, flip, and the model's own
+        matching rule's settings, see `occreid_jax.matching.SETTINGS`).
       variables: {"params": ..., "batch_stats": ...}.
-      embed: jitted images [B, H, W, 3] RGB 0..255 -> dict of [B, ...] float32 features.
+      embed: jitted (images [B, H, W, 3] RGB 0..255, heatmaps [B, H/4, W/4, 17] in [0, 1] or
+        None) -> dict of [B, ...] float32 features. Pose-guided models (Pirt) need the
+        heatmaps (e.g. from `--mode=heatmaps`, HRNet at the same input size).
       embed_normalized: the same on ImageNet-normalised images.
     """
 
@@ -112,13 +119,15 @@ def load(path: str) -> Bundle:
     # The weights are arguments, not closed-over constants: XLA would otherwise fold every
     # parameter into the compiled program.
     @jax.jit
-    def apply_normalized(variables, images):
-        embeddings, _ = model.apply(variables, images, train=False)
+    def apply_normalized(variables, images, heatmaps=None):
+        inputs = {} if heatmaps is None else {"heatmaps": jnp.asarray(heatmaps, jnp.float32)}
+        embeddings, _ = model.apply(variables, images, train=False, **inputs)
         return jax.tree.map(lambda x: x.astype(jnp.float32), embeddings)
 
     @jax.jit
-    def apply_pixels(variables, images):
-        return apply_normalized(variables, (jnp.asarray(images, jnp.float32) - mean) / std)
+    def apply_pixels(variables, images, heatmaps=None):
+        normalized = (jnp.asarray(images, jnp.float32) - mean) / std
+        return apply_normalized(variables, normalized, heatmaps)
 
     variables = jax.device_put(variables)
     embed_normalized = functools.partial(apply_normalized, variables)

@@ -55,10 +55,15 @@ def create_train_state(
     rng: jax.Array,
     image_size: tuple[int, int],
 ) -> TrainState:
-    """Initialises params and batch stats with a [1, H, W, 3] dummy image."""
+    """Initialises params and batch stats with a [1, H, W, 3] dummy image and dummy
+    [1, H/4, W/4, 17] heatmaps (every model accepts `heatmaps=`; pose-guided ones need them)."""
     init_rng, state_rng = jax.random.split(rng)
-    dummy = jnp.zeros((1, *image_size, 3), jnp.float32)
-    variables = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)
+    height, width = image_size
+    dummy = jnp.zeros((1, height, width, 3), jnp.float32)
+    heatmaps = jnp.zeros((1, height // 4, width // 4, 17), jnp.float32)
+    variables = jax.jit(functools.partial(model.init, train=False))(
+        init_rng, dummy, heatmaps=heatmaps
+    )
     state = TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
@@ -174,10 +179,17 @@ def parallel_train_step(
 
 
 def parallel_embed(model: nn.Module) -> Callable:
-    """(variables, images [D, b, H, W, 3]) -> embeddings dict of [D, b, ...] float32."""
+    """(variables, images [D, b, H, W, 3], heatmaps [D, b, H/4, W/4, 17] or None) ->
+    embeddings dict of [D, b, ...] float32."""
 
-    def embed(variables, images):
-        embeddings, _ = model.apply(variables, images, train=False)
+    def embed(variables, images, heatmaps):
+        inputs = {} if heatmaps is None else {"heatmaps": heatmaps}
+        embeddings, _ = model.apply(variables, images, train=False, **inputs)
         return jax.tree.map(lambda x: x.astype(jnp.float32), embeddings)
 
-    return jax.pmap(embed, axis_name=AXIS, in_axes=(None, 0))
+    mapped = jax.pmap(embed, axis_name=AXIS, in_axes=(None, 0, 0))
+
+    def embed_batch(variables, images, heatmaps=None):
+        return mapped(variables, images, heatmaps)
+
+    return embed_batch

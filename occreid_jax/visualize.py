@@ -104,6 +104,7 @@ def _subset(split: datasets.Split, indices: list[int]) -> datasets.Split:
         camids=split.camids[idx],
         labels=split.labels[idx],
         filenames=split.filenames[idx],
+        heatmaps=None if split.heatmaps is None else np.asarray(split.heatmaps[idx]),
     )
 
 
@@ -119,7 +120,12 @@ def visualize(config: ml_collections.ConfigDict, workdir: str, num_queries: int 
     picks = _pick(splits["query"], splits["gallery"], num_queries)
     chosen = {name: _subset(splits[name], [i for n, i in picks if n == name]) for name in splits}
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=False)[1])
+
+    @jax.jit
+    def apply(variables, images, heatmaps):
+        inputs = {} if heatmaps is None else {"heatmaps": heatmaps}
+        return model.apply(variables, images, train=False, **inputs)[1]
+
     out_dir = os.path.join(exp.workdir, "visualize")
     os.makedirs(out_dir, exist_ok=True)
     paths, strips = [], {}
@@ -128,11 +134,16 @@ def visualize(config: ml_collections.ConfigDict, workdir: str, num_queries: int 
             continue
         batch = next(
             pipeline.eval_batches(
-                split, image_size=config.data.image_size, batch_size=len(split), num_devices=1
+                split,
+                image_size=config.data.image_size,
+                batch_size=len(split),
+                num_devices=1,
+                with_heatmaps=split.heatmaps is not None,  # keypoints fed by pose heatmaps
             )
         )
         images = batch["images"][0]
-        aux = jax.device_get(apply(variables, images))
+        heatmaps = batch["heatmaps"][0] if "heatmaps" in batch else None
+        aux = jax.device_get(apply(variables, images, heatmaps))
         if "segmentation" not in aux:
             raise UserError(
                 f"model {config.model.name!r} has no part segmentation to draw; "

@@ -185,14 +185,27 @@ def train_batches(
 
 
 def eval_batches(
-    split: Split, *, image_size: tuple[int, int], batch_size: int, num_devices: int
+    split: Split,
+    *,
+    image_size: tuple[int, int],
+    batch_size: int,
+    num_devices: int,
+    with_heatmaps: bool = False,
 ) -> Iterator[dict]:
     """One pass over `split` in order, the last batch padded.
 
     Yields dicts of numpy arrays:
       images: [D, B/D, H, W, 3] float32, ImageNet-normalised.
       mask: [D, B/D] bool, False on padding.
+      heatmaps: [D, B/D, H/4, W/4, 17] float32, only when `with_heatmaps` (from
+        `split.heatmaps`, resized to the input size like the training ones).
     """
+    if with_heatmaps and split.heatmaps is None:
+        raise UserError(
+            "this model needs keypoint heatmaps at test time but none were loaded; set "
+            "pose.source to ground_truth (synthetic), precomputed (after --mode=heatmaps) or online"
+        )
+    read_heatmaps = _heatmap_reader(split.heatmaps) if with_heatmaps else None
     image_size = tuple(image_size)
     if batch_size % num_devices:
         raise UserError(
@@ -207,7 +220,10 @@ def eval_batches(
 
     def one_example(index, valid):
         image, _ = _decode(tf.gather(images, index), image_size)
-        return {"images": augment.normalize(image), "mask": valid}
+        out = {"images": augment.normalize(image), "mask": valid}
+        if with_heatmaps:
+            out["heatmaps"] = _resize_heatmaps(read_heatmaps(index), image_size)
+        return out
 
     ds = tf.data.Dataset.from_tensor_slices((order, mask))
     ds = ds.map(one_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -1,6 +1,7 @@
 """Whole training objectives: which loss reads which model output, with which weight.
 
   baseline  CE (label smoothing) + batch-hard triplet on the pooled feature
+  pirt      the released Pirt objective (global CE terms, part CE and triplet)
   mat       Eq. 9 of MAT: `1 ID_g + 1 Tri_g + 1 ID_p + 1 Tri_p + 10 L_eq + 5 L_fc`
 
 An objective maps the model's `aux` dict and the batch labels to `(loss, metrics)`. It runs
@@ -85,6 +86,42 @@ def baseline_objective(aux: dict, labels: jax.Array, cfg: LossConfig):
     loss = cfg.ce_weight * ce + cfg.triplet_weight * tri
     accuracy = jnp.mean(jnp.argmax(aux["logits"], -1) == labels)
     return loss, {"loss": loss, "ce": ce, "triplet": tri, "accuracy": accuracy}
+
+
+def pirt_objective(aux: dict, labels: jax.Array, cfg: LossConfig):
+    """Pirt as released: CE(stripe) + CE(patch) + mean_p CE(part_p) + mean_p triplet(part_p).
+
+    Paper Eq. 15-17 (its Eq. 16 has no triplet on the global features, and neither has the
+    released code). Every CE uses label smoothing; each part's batch-hard triplet is computed
+    on its confidence-weighted feature before the part's BNNeck. Without the pose branch
+    (`use_pose=False`) only the two global CE terms remain.
+
+    Args:
+      aux: the model's aux: `logits` {"stripe", "patch", "part0", ...} -> [B, C] and, with
+        the pose branch, `parts` [B, P, D].
+      labels: [B] int train labels.
+    Returns:
+      (scalar loss, dict of scalar metrics).
+    """
+    logits = aux["logits"]
+
+    def ce(name):
+        return cross_entropy_label_smoothing(logits[name], labels, epsilon=cfg.label_smoothing)
+
+    global_ce = ce("stripe") + ce("patch")
+    metrics = {"ce_stripe": ce("stripe"), "ce_patch": ce("patch")}
+    loss = cfg.ce_weight * global_ce
+    if "parts" in aux:
+        num_parts = aux["parts"].shape[1]
+        part_ce = jnp.mean(jnp.stack([ce(f"part{p}") for p in range(num_parts)]))
+        parts = aux["parts"].astype(jnp.float32)
+        part_tri = jnp.mean(
+            jnp.stack([grouped_triplet(parts[:, p], labels, cfg) for p in range(num_parts)])
+        )
+        loss = loss + cfg.ce_weight * part_ce + cfg.triplet_weight * part_tri
+        metrics.update(ce_parts=part_ce, triplet=part_tri)
+    accuracy = jnp.mean(jnp.argmax(logits["stripe"], -1) == labels)
+    return loss, {"loss": loss, **metrics, "accuracy": accuracy}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +212,7 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
 
 # Plain-dict registries: model name -> its objective, and the settings class it takes
 # (LossConfig unless listed).
-OBJECTIVES = {"baseline": baseline_objective, "mat": mat_objective}
+OBJECTIVES = {"baseline": baseline_objective, "pirt": pirt_objective, "mat": mat_objective}
 LOSS_CONFIGS: dict[str, type[LossConfig]] = {"mat": MatLossConfig}
 
 

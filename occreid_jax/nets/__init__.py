@@ -7,9 +7,10 @@ import flax.linen as nn
 from occreid_jax.errors import UserError
 from occreid_jax.nets.baseline import Baseline
 from occreid_jax.nets.mat import Mat
+from occreid_jax.nets.pirt import Pirt
 from occreid_jax.nets.resnet import BACKBONES, feature_dim, get_backbone
 
-MODELS: dict[str, type[nn.Module]] = {"baseline": Baseline, "mat": Mat}
+MODELS: dict[str, type[nn.Module]] = {"baseline": Baseline, "pirt": Pirt, "mat": Mat}
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
@@ -23,4 +24,13 @@ def build_model(name: str, **kwargs) -> nn.Module:
     return MODELS[name](**kwargs)
 
 
-__all__ = ["BACKBONES", "MODELS", "Baseline", "Mat", "build_model", "feature_dim", "get_backbone"]
+__all__ = [
+    "BACKBONES",
+    "MODELS",
+    "Baseline",
+    "Mat",
+    "Pirt",
+    "build_model",
+    "feature_dim",
+    "get_backbone",
+]
