@@ -99,6 +99,8 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # | none (no keypoint branch, no motion; not in the paper).
     config.model.keypoints = "self_supervised"
     config.model.segmentation = True  # the part-segmentation branch
+    # Divide the map dot products by sqrt(d_model) (not in the paper: it multiplies plainly).
+    config.model.scale_maps = False
 
     config.data.image_size = (256, 128)
     config.data.batch_size = 64  # 16 identities x 4 images
@@ -160,11 +162,11 @@ def _shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
     config.data.image_size = (128, 64)
     config.data.batch_size = 32
     config.data.pad = 4
-    config.train.epochs = 24
+    config.train.epochs = 16
     config.train.warmup_epochs = 2
     config.train.warmup_factor = 0.01
-    config.train.milestones = (16, 22)
-    config.train.eval_every_epochs = 12
+    config.train.milestones = (10, 14)
+    config.train.eval_every_epochs = 8
     config.train.eval_at_start = True
     config.train.checkpoint_every_steps = 100
     config.train.log_every_steps = 20

@@ -168,6 +168,10 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
     * L_eq = value + Jacobian term (`losses/mat.equivariance_loss`), when the equivariance
       pass ran; L_fc (`losses/mat.consistency_loss`) when there are keypoints and parts.
 
+    Metrics also report `segmentation_confidence` (mean max part probability per pixel:
+    1/(K+1) for uniform maps) and `keypoint_spread` (std of the keypoints over parts: 0 when
+    they coincide), to spot a collapsed segmentation or keypoint layout.
+
     Args:
       aux: the model's aux (`nets/mat.py`), plus "warped" {"keypoints", "jacobians"} and
         "tps" from the equivariance pass when the model has keypoints.
@@ -200,6 +204,12 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
         )
         loss = loss + cfg.equivariance_weight * (eq_value + eq_jacobian)
         metrics.update(equivariance_value=eq_value, equivariance_jacobian=eq_jacobian)
+    # Collapse diagnostics (no gradient): L_fc is also satisfied by one segmentation shared by
+    # every image, and L_eq by keypoints that sit together.
+    if "segmentation" in aux:
+        metrics["segmentation_confidence"] = jnp.mean(jnp.max(aux["segmentation"], axis=-1))
+    if "keypoints" in aux:
+        metrics["keypoint_spread"] = jnp.mean(jnp.std(aux["keypoints"], axis=1))
     if "segmentation" in aux and "keypoints" in aux and cfg.group_size > 1:
         fc = consistency_loss(
             aux["segmentation"], aux["keypoints"], aux["jacobians"], cfg.group_size

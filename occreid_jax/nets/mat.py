@@ -16,12 +16,14 @@ the parts' visibility (segmentation mass).
 
 Not in the paper (our choices, each a constructor argument): d_model 512, 8 heads,
 feed-forward 2048, dropout 0.1 (DETR's); post-norm layers; 3-layer MLP heads; learned queries
-fed to the decoder as its input; the dot products scaled by 1/sqrt(d_model) (as attention
-logits) so that the temperature 0.1 meets O(1) scores; positions added to the projected map
-(or concatenated: half the channels projected features, half positions); with
-`encoder_layers=0` f_g is the projected map itself, with `decoder_layers=0` the learned
-queries go to the MLP heads directly (image-independent embeddings: the Table 1 rows without
-encoder or decoder).
+fed to the decoder as its input; positions added to the projected map (or concatenated: half
+the channels projected features, half positions); with `encoder_layers=0` f_g is the
+projected map itself, with `decoder_layers=0` the learned queries go to the MLP heads directly
+(image-independent embeddings: the Table 1 rows without encoder or decoder). The maps are the
+plain dot products, as the paper says; `scale_maps` divides them by sqrt(d_model) like
+attention logits, but then the maps start nearly flat (at the synthetic size: every keypoint
+near the image centre, max part probability 0.10 for uniform 0.09), where plain products start
+FOMM-like (peaked heatmaps, keypoints spread over the image).
 
 Parameter tree: backbone/..., input_proj, encoder_{i}, queries, decoder_{i}, keypoint_head,
 segment_head, jacobian_head, bottleneck (global BNNeck), classifier, part_bottleneck,
@@ -127,6 +129,8 @@ class Mat(nn.Module):
       temperature: soft-argmax temperature (0.1, FOMM).
       keypoints: "self_supervised" | "heatmaps" | "none", see `KEYPOINT_SOURCES`.
       segmentation: the part-segmentation branch; False leaves only the global feature.
+      scale_maps: divide the map dot products by sqrt(d_model), as attention logits (not in
+        the paper, which multiplies plainly; off by default).
       dtype: compute dtype of backbone and transformer; heads and maps are float32.
       bn_axis_name: axis name for synchronised BatchNorm under pmap/shard_map.
     """
@@ -146,6 +150,7 @@ class Mat(nn.Module):
     temperature: float = 0.1
     keypoints: str = "self_supervised"
     segmentation: bool = True
+    scale_maps: bool = False
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
 
@@ -248,7 +253,7 @@ class Mat(nn.Module):
                     d, self.num_heads, self.ffn_dim, self.dropout, self.dtype, name=f"decoder_{i}"
                 )(q, tokens, train)
             embeddings = q.astype(jnp.float32)
-        scale = 1.0 / math.sqrt(d)
+        scale = 1.0 / math.sqrt(d) if self.scale_maps else 1.0
         aux: dict[str, Any] = {}
 
         if self.keypoints != "none":
