@@ -124,6 +124,9 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
             "--config.pose.source=precomputed (after --mode=heatmaps), online, or ground_truth "
             "(synthetic), or --config.model.use_pose=False"
         )
+    # Model settings are checked by the model's constructor (one-line UserErrors), before any
+    # data is read.
+    nets.build_model(config.model.name, **model_kwargs(config, num_classes=1))
     mat_reads_pose = config.model.name == "mat" and config.model.keypoints == "heatmaps"
     if mat_reads_pose and config.pose.source == "none":
         raise UserError(

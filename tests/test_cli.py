@@ -8,6 +8,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = "--config=configs/baseline.py:synthetic"
+MAT = "--config=configs/mat.py:synthetic"
 
 
 @pytest.mark.parametrize(
@@ -21,6 +22,10 @@ SYNTHETIC = "--config=configs/baseline.py:synthetic"
         ([SYNTHETIC, "--config.train.log_every_steps=0"], "must be a positive integer"),
         ([SYNTHETIC, "--mode=eval"], "no checkpoint in"),
         (["--config=configs/baseline.py:market1501"], "--config.data.manual_dir=DIR"),
+        (["--config=configs/mat.py:nope"], "unknown variant nope"),
+        ([MAT, "--config.model.keypoints=pose"], "unknown model.keypoints"),
+        ([MAT, "--config.model.keypoints=heatmaps"], "--config.pose.source=ground_truth"),
+        ([MAT, "--mode=visualize"], "no checkpoint in"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, expected):
