@@ -11,6 +11,10 @@ an unfinished one continues from its checkpoint.
   python -m benchmarks.ablations ... --report_only   # just print the table of what exists
 
 Extra `--set=key=value` flags override every row (e.g. `--set=train.epochs=20`).
+
+Tables listed in the config's `EVAL_ONLY = {table: (trained table, trained row)}` train nothing:
+each row evaluates that row's trained runs with its own (test-time) settings, e.g. Pirt's
+Table 5 (which confidences weight the part distance).
 """
 
 from __future__ import annotations
@@ -38,13 +42,18 @@ _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "print the table, train n
 _QUERY_ROW = flags.DEFINE_string("query_set", "occluded queries", "evaluation row reported")
 
 
-def _load_ablations(config_arg: str) -> dict:
+def _load_module(path: str):
     import importlib.util
 
-    path = config_arg.split(":")[0]
     spec = importlib.util.spec_from_file_location("ablation_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def _load_ablations(config_arg: str) -> dict:
+    path = config_arg.split(":")[0]
+    module = _load_module(path)
     if not hasattr(module, "ABLATIONS"):
         raise UserError(f"{path} defines no ABLATIONS table")
     return module.ABLATIONS
@@ -87,6 +96,42 @@ def _run(table: str, label: str, overrides: dict, seed: int) -> None:
     print(f"    done in {time.perf_counter() - start:.0f} s")
 
 
+def _evaluate_only(table: str, label: str, overrides: dict, seed: int, source: tuple) -> None:
+    """Evaluates the trained runs of row `source` = (table, label) with the row's settings."""
+    workdir = _workdir(table, label, seed)
+    if _finished(workdir):
+        return
+    from occreid_jax import experiment
+
+    config_path, _, variant = _CONFIG.value.partition(":")
+    config = _load_module(config_path).get_config(variant)
+    config.seed = seed
+    trained_overrides = _load_ablations(_CONFIG.value)[source[0]][source[1]]
+    flat = {**trained_overrides, **overrides}
+    for item in _SET.value:
+        key, _, value = item.partition("=")
+        flat.setdefault(key, _parse(value, config, key))
+    config.update_from_flattened_dict(flat)
+    trained = _workdir(source[0], source[1], seed)
+    if not _finished(trained):
+        raise UserError(f"{trained} has not finished training; run table {source[0]} first")
+    print(f"[{time.strftime('%H:%M:%S')}] {table} / {label} / seed {seed}: eval of {trained}")
+    results = experiment.evaluate(config, trained)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump({"step": 1, "total_steps": 1, "results": results, "of": trained}, f, indent=2)
+
+
+def _parse(text: str, config, key: str):
+    """A --set value as the type of the config field it overrides."""
+    current = config
+    for part in key.split("."):
+        current = current[part]
+    if isinstance(current, bool):
+        return text.lower() in ("1", "true", "yes")
+    return type(current)(text) if current is not None else text
+
+
 def _report(table: str, rows: dict, seeds: list[int]) -> str:
     lines = [
         f"| {table} row | mAP | Rank-1 | seeds | per seed mAP / R-1 |",
@@ -122,10 +167,15 @@ def main(argv):
         wanted = _ROWS.value.split(",")
         rows = {label: rows[label] for label in wanted}
     seeds = [int(s) for s in _SEEDS.value.split(",")]
+    eval_only = getattr(_load_module(_CONFIG.value.split(":")[0]), "EVAL_ONLY", {})
     if not _REPORT_ONLY.value:
         for seed in seeds:  # every row once before any second seed: an early table is usable
             for label, overrides in rows.items():
-                _run(_TABLE.value, label, overrides, seed)
+                if _TABLE.value in eval_only:
+                    source = eval_only[_TABLE.value]
+                    _evaluate_only(_TABLE.value, label, overrides, seed, source)
+                else:
+                    _run(_TABLE.value, label, overrides, seed)
     print(f"{_CONFIG.value}, {_QUERY_ROW.value}, mean ± std over seeds:")
     print(_report(_TABLE.value, rows, seeds))
 

@@ -118,3 +118,12 @@ ABLATIONS = {
     },
     "table4": {f"{n} layers": {"model.num_layers": n} for n in (1, 2, 3, 4)},
 }
+# Table 5 is a test-time setting: evaluate the trained full-model runs of Table 3.
+ABLATIONS["table5"] = {
+    "Q & G": {"eval.confidence": "query_and_gallery"},
+    "Q only": {"eval.confidence": "query"},
+    "G only": {"eval.confidence": "gallery"},
+    "none": {"eval.confidence": "none"},
+    "Q & G, released index defect": {"eval.released_index_defect": True},
+}
+EVAL_ONLY = {"table5": ("table3", "+inter (Pirt)")}
