@@ -17,8 +17,9 @@ Usage (the variant after ":" picks the dataset and size, as in configs/baseline.
 
 Variants: synthetic (the built-in benchmark, sized for a 2-core CPU); occluded_duke,
 market1501, dukemtmc, msmt17; occluded_reid, partial_reid, partial_ilids (trained on
-Market-1501). `ABLATIONS` lists the overrides of the paper's Table 1 and Table 2 rows
-relative to the `synthetic` variant.
+Market-1501). `ABLATIONS` lists the overrides of the paper's Table 1 and Table 2 rows (and of
+diagnostic and test-time rows) relative to the `synthetic` variant, for
+`python -m benchmarks.ablations --config=configs/mat.py:synthetic --table=table1`.
 """
 
 import importlib.util
@@ -60,12 +61,19 @@ ABLATIONS = {
     # Table 2: number of parts (the paper's best is 10).
     "table2": {f"{k} parts": {"model.num_parts": k} for k in (3, 6, 10, 17)},
 }
-# Rows not in the paper that isolate what the motion machinery adds (not in the paper).
-DIAGNOSTICS = {
+# Not in the paper: rows that isolate what the motion machinery adds.
+ABLATIONS["diagnostics"] = {
     "no keypoint branch (parts from ID losses only)": {"model.keypoints": "none"},
     "no segmentation branch (global feature only)": {"model.segmentation": False},
     "no feature consistency (lambda6 = 0)": {"loss.consistency_weight": 0.0},
 }
+# Not in the paper: test-time matching, evaluated on the trained full-MAT runs of Table 1.
+ABLATIONS["matching"] = {
+    "global + visibility-weighted parts": {},
+    "global only": {"eval.part_weight": 0.0},
+    "parts weighted x2": {"eval.part_weight": 2.0},
+}
+EVAL_ONLY = {"matching": ("table1", "#5 + encoder + decoder (MAT)")}
 
 
 def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:

@@ -206,3 +206,17 @@ def test_a_train_step_reaches_every_parameter():
     flat = jax.tree_util.tree_flatten_with_path(changed)[0]
     frozen = [jax.tree_util.keystr(path) for path, moved in flat if not moved]
     assert not frozen, f"parameters without gradient: {frozen}"
+
+
+def test_every_ablation_row_is_a_valid_config():
+    from configs import mat
+    from occreid_jax import experiment
+
+    for table, rows in mat.ABLATIONS.items():
+        for label, overrides in rows.items():
+            config = mat.get_config("synthetic")
+            config.update_from_flattened_dict(overrides)
+            experiment._check_config(config)  # builds the model: bad settings raise here
+            assert (table, label) and config.model.name in ("mat", "baseline")
+    for table, (trained_table, trained_row) in mat.EVAL_ONLY.items():
+        assert table in mat.ABLATIONS and trained_row in mat.ABLATIONS[trained_table]
