@@ -21,6 +21,11 @@ SYNTHETIC = "--config=configs/baseline.py:synthetic"
         ([SYNTHETIC, "--config.train.log_every_steps=0"], "must be a positive integer"),
         ([SYNTHETIC, "--mode=eval"], "no checkpoint in"),
         (["--config=configs/baseline.py:market1501"], "--config.data.manual_dir=DIR"),
+        ([SYNTHETIC, "--num_processes=2"], "needs --coordinator_address, --num_processes"),
+        (
+            [SYNTHETIC, "--coordinator_address=localhost:1", "--num_processes=2", "--process_id=2"],
+            "--process_id=2 must be in 0..1",
+        ),  # fmt: skip
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, expected):
