@@ -7,9 +7,9 @@ command line flags or from what JAX detects by itself (SLURM, Open MPI, Cloud TP
 
 * `jax.devices()` lists the devices of every process, `jax.local_devices()` this process's; the
   pmapped train step runs over all of them, and each process passes only the rows of its own
-  devices (`[local devices, b, ...]`). Global device `d` is local device `d - p * L` of
-  process `p` (L local devices each, the same on every process), so the rows of a global batch
-  laid out `[devices, b]` that belong to process `p` are the contiguous block
+  devices (`[local devices, b, ...]`). JAX orders devices by process, so with L local devices
+  each (the same on every process) process `p` holds pmap positions p * L .. (p + 1) * L - 1,
+  and its rows of a global batch laid out `[devices, b]` are the contiguous block
   `process_rows(batch_size, num_devices, shard)` (see `data/sampler.py`).
 * Evaluation: each process embeds its block of every evaluation batch; `gather_rows` brings the
   features of all processes back into dataset order on every process, so the metrics are those
@@ -121,8 +121,10 @@ def describe() -> str:
 
 
 def joined_message() -> str:
-    """The line each process prints once it has joined, e.g.
-    "process 1 of 2 joined: 2 local device(s), 4 in all (cpu)"."""
+    """The line each process prints once it has joined.
+
+    E.g. "process 1 of 2 joined: 2 local device(s), 4 in all (cpu)".
+    """
     return (
         f"process {jax.process_index()} of {jax.process_count()} joined: "
         f"{jax.local_device_count()} local device(s), {jax.device_count()} in all "

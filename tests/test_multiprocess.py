@@ -132,12 +132,19 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(data_dir, tmp_path_factory):
+def cache(tmp_path_factory):
+    """A persistent compilation cache shared by the launches: later ones compile less."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache"))}
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, cache, tmp_path_factory):
     """The same run trained by 2 processes x 2 devices and by 1 process x 4 devices."""
     root = tmp_path_factory.mktemp("runs")
     config = _config(data_dir)
     two, one = str(root / "two_processes"), str(root / "one_process")
-    runs = _start(two, config, processes=2, devices=2) + _start(one, config, processes=1, devices=4)
+    runs = _start(two, config, processes=2, devices=2, env=cache)
+    runs += _start(one, config, processes=1, devices=4, env=cache)
     out = _wait(runs)
     return {"config": config, "two": two, "one": one, "out": out}
 
@@ -170,12 +177,12 @@ def test_two_processes_train_and_evaluate_like_one_process_with_as_many_devices(
     assert experiment.evaluate(config, two) == results_two
 
 
-def test_a_killed_two_process_run_resumes_from_its_checkpoint(trained, tmp_path):
+def test_a_killed_two_process_run_resumes_from_its_checkpoint(trained, cache, tmp_path):
     config = trained["config"]
     workdir = str(tmp_path / "killed")
     stop_dir = tmp_path / "stops"
     stop_dir.mkdir()
-    env = {"OCCREID_STOP_AT_BATCH": "3", "OCCREID_STOP_DIR": str(stop_dir)}
+    env = {"OCCREID_STOP_AT_BATCH": "3", "OCCREID_STOP_DIR": str(stop_dir), **cache}
     runs = _start(workdir, config, processes=2, devices=2, module="tests.multiprocess_driver",
                   env=env)  # fmt: skip
     deadline = time.monotonic() + TIMEOUT
@@ -190,7 +197,7 @@ def test_a_killed_two_process_run_resumes_from_its_checkpoint(trained, tmp_path)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
     assert not os.path.exists(os.path.join(workdir, "results.json"))
 
-    out = _wait(_start(workdir, config, processes=2, devices=2))
+    out = _wait(_start(workdir, config, processes=2, devices=2, env=cache))
     assert "resuming at step 2" in out[0]
     assert _train_steps_logged(workdir) == [1, 2, 3, 3, 4]  # step 3 again after the kill
 

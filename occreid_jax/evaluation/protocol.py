@@ -145,7 +145,7 @@ def evaluate_features(
             raise ValueError(f"max_rank must be >= 1, got {max_rank}")
         backend = tiling.resolve_backend(backend)
         if chunk_size:
-            rows, cols = chunk_size, num_g
+            rows, cols = min(chunk_size, num_q), num_g
         else:
             budget = memory_mib or tiling.DEFAULT_MEMORY_MIB
             bytes_per = tiling.BYTES_PER_DISTANCE[backend]
