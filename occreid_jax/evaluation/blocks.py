@@ -24,9 +24,10 @@ import tqdm
 from occreid_jax.evaluation import ranking
 from occreid_jax.evaluation.distances import FeatureDistance
 
-# Working memory per distance of a tile, measured: numpy holds the product, its sorted copy and
-# a partial copy (~12 B); the device holds distances, the stable order, its inverse, the sorted
-# values and the sort's own buffers (~24 B).
+# Working memory per distance of a tile. numpy: the product and its sorted copy, plus a partial
+# copy when some queries have no positive (8-12 B; tracemalloc in tests/test_large_gallery.py).
+# Device (counted, not measured on a GPU): distances, the stable order, its inverse, the sorted
+# values and the sort's key/index buffers (~24 B).
 BYTES_PER_DISTANCE = {"numpy": 12, "jax": 24}
 DEFAULT_MEMORY_MIB = 256
 # Query rows below which a block is cut along the gallery instead: thinner products run far
