@@ -6,8 +6,12 @@ Default: Occluded-Duke (2,210 queries / 519 ids, 17,661 gallery images / 1,110 i
     python benchmarks/eval_benchmark.py --queries 11659 --gallery 82161 --gallery-ids 3060 \
         --query-ids 3060 --cameras 15
 
+The blocks follow the memory budget (--memory-mib, the library default 256 MiB): whole gallery
+rows while at least 64 of them fit, else tiles of the gallery, ranked in two passes
+(`occreid_jax/evaluation/blocks.py`); --chunk-size N forces whole-row blocks of N queries.
+
 Timed (median of --repeats runs; (a) and (b) alternate):
-  (a) the bare distance product q[rows] @ g.T over the same query blocks as (b);
+  (a) the bare distance products q[rows] @ g[cols].T over the same blocks as (b), once each;
   (b) `evaluate_features`: distance blocks + exact ranking, from features to metrics;
   (c) a per-query numpy reference as the brief words it: for each query, its distance row
       (1 x G product), argsort, junk removal, cumsum, AP / INP / CMC;
@@ -34,7 +38,7 @@ import time
 import numpy as np
 
 from occreid_jax.evaluation import FeatureDistance, evaluate_features, evaluate_rank, l2_normalize
-from occreid_jax.evaluation.ranking import default_chunk_size
+from occreid_jax.evaluation import blocks as tiling
 
 DATA_NAMES = ("q", "g", "q_pids", "g_pids", "q_camids", "g_camids")
 
@@ -107,13 +111,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
-def memory_child(path: str, chunk_size: int, metric: str) -> None:
+def memory_child(path: str, settings: dict) -> None:
     """Loads the features saved under `path`, evaluates once, prints peak RSS (MiB) as JSON."""
     data = {name: np.load(os.path.join(path, f"{name}.npy")) for name in DATA_NAMES}
     before = peak_rss_mib()
     r = evaluate_features(
         data["q"], data["g"], data["q_pids"], data["g_pids"], data["q_camids"],
-        data["g_camids"], metric=metric, chunk_size=chunk_size,
+        data["g_camids"], **settings,
     )  # fmt: skip
     peak = peak_rss_mib()
     print(json.dumps({"before_mib": before, "peak_mib": peak, "mAP": r["mAP"]}))
@@ -129,36 +133,49 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=2048)
     p.add_argument("--noise", type=float, default=4.0, help="noise std around identity centres")
     p.add_argument("--metric", default="cosine", choices=("cosine", "euclidean"))
-    p.add_argument("--chunk-size", type=int, default=0, help="0: the library default")
+    p.add_argument("--memory-mib", type=float, default=tiling.DEFAULT_MEMORY_MIB)
+    p.add_argument("--chunk-size", type=int, default=0, help="whole-row blocks of N queries")
+    p.add_argument("--backend", default="auto", choices=tiling.BACKENDS)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--reference-queries", type=int, default=2210, help="queries for (d)'s loop")
     p.add_argument("--per-query-queries", type=int, default=200, help="queries timed for (c)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
-    chunk = args.chunk_size or default_chunk_size(args.gallery, args.queries)
+    backend = tiling.resolve_backend(args.backend)
+    if args.chunk_size:
+        rows, cols = args.chunk_size, args.gallery
+    else:
+        per_distance = tiling.BYTES_PER_DISTANCE[backend]
+        rows, cols = tiling.block_shape(args.queries, args.gallery, args.memory_mib, per_distance)
+    settings = {"metric": args.metric, "backend": backend}
+    settings.update(chunk_size=args.chunk_size or None, memory_mib=args.memory_mib)
     if args.memory_child:
-        memory_child(args.memory_child, chunk, args.metric)
+        memory_child(args.memory_child, settings)
         return
 
     data = make_data(args)
     q, g = data["q"], data["g"]
     ids = (data["q_pids"], data["g_pids"], data["q_camids"], data["g_camids"])
     num_q, num_g = q.shape[0], g.shape[0]
-    print(f"{num_q} queries x {num_g} gallery, dim {args.dim}, {args.metric}, block {chunk} rows")
+    passes = "one pass" if cols >= num_g else "two passes"
+    print(
+        f"{num_q} queries x {num_g} gallery, dim {args.dim}, {args.metric}, {backend}, "
+        f"blocks of {rows} queries x {min(cols, num_g)} gallery entries ({passes})"
+    )
+    chunk = rows
 
-    # (a) bare product over the same blocks.
+    # (a) bare products over the same blocks, once each.
     def bare_product():
-        for s in range(0, num_q, chunk):
-            q[s : s + chunk] @ g.T
+        for s in range(0, num_q, rows):
+            for c in range(0, num_g, cols):
+                q[s : s + rows] @ g[c : c + cols].T
 
     # (b) the full evaluation. (a) and (b) alternate so that load from other processes hits both.
     times_a, times_b = [], []
     for _ in range(args.repeats):
         times_a.append(median_time(bare_product, 1)[0])
-        t, ours = median_time(
-            lambda: evaluate_features(q, g, *ids, metric=args.metric, chunk_size=chunk), 1
-        )
+        t, ours = median_time(lambda: evaluate_features(q, g, *ids, **settings), 1)
         times_b.append(t)
     t_a, t_b = float(np.median(times_a)), float(np.median(times_b))
 

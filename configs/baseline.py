@@ -120,7 +120,11 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     config.eval.flip = False  # average features of the image and its mirror
     config.eval.rerank = False  # k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)
     config.eval.max_rank = 50
-    config.eval.query_chunk = 512
+    # Queries ranked at a time against the whole gallery; None: as many as memory_mib allows.
+    config.eval.query_chunk = ml_collections.config_dict.placeholder(int)
+    # Working memory of the distance blocks and their ranking, in MiB, whatever the gallery
+    # size (not in the papers; exact metrics either way). On a GPU, device memory.
+    config.eval.memory_mib = 256.0
 
     if variant == "synthetic":
         _shrink_for_cpu(config)

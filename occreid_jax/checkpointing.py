@@ -3,6 +3,11 @@
 Each checkpoint holds the whole train state (params, batch stats, optimiser state, step, rng)
 and a JSON signature of the model (name, constructor arguments, input size). Restoring into a
 different model stops with a one-line error instead of a tree-mismatch stack trace.
+
+Several processes (occreid_jax/distributed.py): every process calls the same saves and restores;
+orbax writes the replicated state and the signature once (process 0), synchronises the
+processes around each save, and every process restores from the files, so the directory must be
+one every host sees.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from occreid_jax import evaluation, export, matching, nets, optim, pose
+from occreid_jax import distributed, evaluation, export, matching, nets, optim, pose
 from occreid_jax.checkpointing import Checkpointer
 from occreid_jax.data import datasets, heatmap_store, pipeline
 from occreid_jax.data.augment import COCO_FLIP_PERMUTATION
@@ -80,7 +80,7 @@ PAIR_EXAMPLES = {"image_size": (256, 128), "adam_betas": (0.9, 0.999)}
 def _check_numbers(config: ml_collections.ConfigDict) -> None:
     for section, name in POSITIVE_FIELDS:
         value = config[section][name]
-        if value is None and name == "steps_per_epoch":
+        if value is None and name in ("steps_per_epoch", "query_chunk"):
             continue
         if not isinstance(value, int) or value < 1:
             raise UserError(
@@ -93,7 +93,12 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
                 f"{section}.{name}={tuple(config[section][name])} needs two values; "
                 f"e.g. --config.{section}.{name}='{PAIR_EXAMPLES[name]}'"
             )
-    devices = jax.local_device_count()
+    if not config.eval.memory_mib > 0:
+        raise UserError(
+            f"eval.memory_mib={config.eval.memory_mib!r} must be positive; "
+            "set --config.eval.memory_mib"
+        )
+    devices = jax.device_count()  # of all processes
     if config.data.eval_batch_size % devices:
         raise UserError(
             f"data.eval_batch_size={config.data.eval_batch_size} is not divisible by the "
@@ -141,9 +146,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
             )
         except ValueError as error:
             raise UserError(f"{error}; fix the --config.eval field") from None
-    check_batch_layout(
-        config.data.batch_size, config.data.instances_per_id, jax.local_device_count()
-    )
+    check_batch_layout(config.data.batch_size, config.data.instances_per_id, jax.device_count())
     optim.make_optimizer(config.train, optim.make_schedule(config.train, 1))  # names checked
     if config.eval.metric not in evaluation.METRICS:
         raise UserError(
@@ -183,19 +186,22 @@ def extract_features(embed_batch, split: datasets.Split, config, desc: str) -> d
       config: the run config (data.image_size, data.eval_batch_size, eval.flip).
     Returns:
       dict of [N, ...] float32 numpy features; with eval.flip, the mean of the features of
-      each image and its mirror (fast-reid's flip test).
+      each image and its mirror (fast-reid's flip test). With several processes, each embeds
+      its devices' rows of every batch and all get every feature (distributed.py).
     """
-    num_devices = jax.local_device_count()
+    num_devices, shard = jax.device_count(), distributed.shard()
     batches = pipeline.eval_batches(
         split,
         image_size=config.data.image_size,
         batch_size=config.data.eval_batch_size,
         num_devices=num_devices,
+        shard=shard,
         with_heatmaps=split.heatmaps is not None,
     )
     chunks: dict[str, list] = {}
     total = -(-len(split) // config.data.eval_batch_size)
-    for batch in tqdm(batches, total=total, desc=desc, unit="batch", leave=False):
+    quiet = not distributed.is_main_process()
+    for batch in tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=quiet):
         heatmaps = batch.get("heatmaps")
         features = embed_batch(batch["images"], heatmaps)
         if config.eval.flip:
@@ -205,7 +211,9 @@ def extract_features(embed_batch, split: datasets.Split, config, desc: str) -> d
         for key, value in jax.device_get(features).items():
             value = np.asarray(value)
             chunks.setdefault(key, []).append(value.reshape(-1, *value.shape[2:])[mask])
-    return {key: np.concatenate(parts) for key, parts in chunks.items()}
+    features = {key: np.concatenate(parts) for key, parts in chunks.items()}
+    order, valid = pipeline.eval_rows(len(split), config.data.eval_batch_size, num_devices, shard)
+    return distributed.gather_rows(features, order[valid], len(split))
 
 
 def evaluate_splits(embed_batch, model_name: str, eval_splits: dict, config) -> dict:
@@ -248,7 +256,12 @@ def match_and_rank(
             )
         distance_block = rule(q_features, g_features)
         return evaluation.evaluate_distance_blocks(
-            distance_block, *ids, max_rank=config.eval.max_rank, chunk_size=config.eval.query_chunk
+            distance_block,
+            *ids,
+            max_rank=config.eval.max_rank,
+            chunk_size=config.eval.query_chunk,
+            memory_mib=config.eval.memory_mib,
+            progress=distributed.is_main_process(),
         )
     return evaluation.evaluate_features(
         matching.global_features(model_name, q_features),
@@ -258,6 +271,8 @@ def match_and_rank(
         max_rank=config.eval.max_rank,
         chunk_size=config.eval.query_chunk,
         rerank=config.eval.rerank,
+        memory_mib=config.eval.memory_mib,
+        progress=distributed.is_main_process(),
     )
 
 
@@ -287,15 +302,16 @@ class Experiment:
         _check_config(config)
         self.config = config
         self.workdir = os.path.abspath(workdir)
-        self.num_devices = jax.local_device_count()
+        self.num_devices = jax.device_count()  # of all processes
 
     @functools.cached_property
     def builder(self):
         """The training dataset's tfds builder, prepared (built on first use)."""
         data = self.config.data
-        return datasets.prepare(
-            data.name, data.builder_config, data.data_dir, data.manual_dir, data.strict
-        )
+        with distributed.main_process_first(f"prepare {data.name}"):  # one build, then reads
+            return datasets.prepare(
+                data.name, data.builder_config, data.data_dir, data.manual_dir, data.strict
+            )
 
     @functools.cached_property
     def eval_builder(self):
@@ -303,13 +319,14 @@ class Experiment:
         data = self.config.data
         if not data.test_name or data.test_name == data.name:
             return self.builder
-        return datasets.prepare(
-            data.test_name,
-            data.test_builder_config,
-            data.data_dir,
-            data.test_manual_dir,
-            data.strict,
-        )
+        with distributed.main_process_first(f"prepare {data.test_name}"):
+            return datasets.prepare(
+                data.test_name,
+                data.test_builder_config,
+                data.data_dir,
+                data.test_manual_dir,
+                data.strict,
+            )
 
     @functools.cached_property
     def eval_splits(self) -> dict[str, datasets.Split]:
@@ -419,6 +436,8 @@ def precompute_heatmaps(config: ml_collections.ConfigDict, workdir: str) -> list
     Resumable: rerunning continues each split where it stopped. Returns the store folders.
     """
     del workdir  # the stores live with the datasets, not with one run
+    if jax.process_count() > 1:
+        raise UserError("--mode=heatmaps runs in one process; run it without --num_processes")
     if config.pose.net not in pose.POSE_NETS:
         raise UserError(f"unknown pose.net {config.pose.net!r}; use one of {pose.POSE_NETS}")
     exp = Experiment(config, workdir="")
@@ -480,9 +499,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = init_backbone(state, config)
     state = replicate(checkpointer.restore_latest(state))
     start_step = int(state.step)
-    log = MetricsLog(exp.workdir)
+    main_process = distributed.is_main_process()  # the one that prints and writes files
+    log = MetricsLog(exp.workdir, enabled=main_process)
     results_path = os.path.join(exp.workdir, "results.json")
-    record = _read_json(results_path) or {"history": []}
+    # Process 0's record: every process must take the same decisions (e.g. redo an evaluation).
+    record = distributed.broadcast_json(_read_json(results_path) if main_process else None)
+    record = record or {"history": []}
     embed = functools.partial(exp.embedder, model)
 
     def is_eval_step(step: int) -> bool:
@@ -497,15 +519,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if key == "results":
             record["history"].append({"step": step, "epoch": step / steps_per_epoch, **results})
         record.update(step=step, epoch=step / steps_per_epoch, total_steps=total_steps)
-        _write_json(results_path, record)
+        if main_process:
+            _write_json(results_path, record)
         return results
 
-    print(
-        f"training {config.model.name} ({kwargs.get('backbone', '')}) on {config.data.name}: "
-        f"{len(train_split)} images, {train_split.num_classes} identities, {exp.num_devices} "
-        f"device(s), {steps_per_epoch} steps/epoch x {config.train.epochs} epochs"
-        + (f", resuming at step {start_step}" if start_step else "")
-    )
+    if main_process:
+        print(
+            f"training {config.model.name} ({kwargs.get('backbone', '')}) on {config.data.name}: "
+            f"{len(train_split)} images, {train_split.num_classes} identities, "
+            f"{distributed.describe()}, {steps_per_epoch} steps/epoch x "
+            f"{config.train.epochs} epochs"
+            + (f", resuming at step {start_step}" if start_step else "")
+        )
     settings = loss_settings(config)
     objective = make_objective(config, settings)
     forward = make_forward(config.model.name, settings)
@@ -526,9 +551,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         erasing_prob=config.data.erasing_prob,
         seed=config.seed,
         with_heatmaps=source in ("ground_truth", "precomputed"),
+        shard=distributed.shard(),
     )
     step = start_step
-    bar = tqdm(total=total_steps, initial=start_step, unit="step", desc="train", dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=start_step,
+        unit="step",
+        desc="train",
+        dynamic_ncols=True,
+        disable=not main_process,
+    )
     window_start, window_images = time.perf_counter(), 0
     try:
         if start_step == 0 and config.train.eval_at_start:
@@ -555,8 +588,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if is_eval_step(step):
                 bar.clear()
                 results = run_eval(step)
-                tqdm.write(f"epoch {step // steps_per_epoch}: " + _short(results))
+                if main_process:
+                    tqdm.write(f"epoch {step // steps_per_epoch}: " + _short(results))
     except KeyboardInterrupt:
+        if jax.process_count() > 1:  # the other processes are not here to join a save
+            raise UserError(
+                f"interrupted at step {step}; rerun the same commands to resume from the last "
+                f"checkpoint in {exp.workdir}/checkpoints"
+            ) from None
         checkpointer.save(step, state)
         raise UserError(
             f"interrupted at step {step}; saved a checkpoint in {exp.workdir}/checkpoints, "
@@ -605,8 +644,11 @@ def export_bundle(config: ml_collections.ConfigDict, workdir: str, path: str = "
     """Writes the latest checkpoint as an inference bundle (default `<workdir>/export`)."""
     exp = Experiment(config, workdir)
     _, kwargs, state = exp.restored_state()
+    path = path or os.path.join(exp.workdir, "export")
+    if not distributed.is_main_process():
+        return path
     return export.write(
-        path or os.path.join(exp.workdir, "export"),
+        path,
         model_name=config.model.name,
         model_kwargs=kwargs,
         variables={"params": state.params, "batch_stats": state.batch_stats},
@@ -637,6 +679,8 @@ def extract(config: ml_collections.ConfigDict, workdir: str, path: str = "") -> 
         arrays[f"{prefix}_camids"] = split.camids
         arrays[f"{prefix}_filenames"] = split.filenames
     path = path or os.path.join(exp.workdir, "features.npz")
+    if not distributed.is_main_process():
+        return path
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     np.savez(path, **arrays)
     return path

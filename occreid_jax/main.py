@@ -10,6 +10,10 @@
   python -m occreid_jax.main --config=configs/mat.py:synthetic --workdir=runs/mat --mode=visualize
 
 Any config field can be overridden: --config.train.epochs=2 --config.data.batch_size=32.
+
+Several machines (train and eval): run the same command on every host, adding
+  --coordinator_address=HOST0:PORT --num_processes=N --process_id=I   (I = 0 .. N-1)
+or --distributed where JAX detects them (SLURM, Open MPI, TPU pods); see README.
 """
 
 from __future__ import annotations
@@ -36,40 +40,63 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, 
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 _EXPORT = flags.DEFINE_string("export", "", "eval: evaluate this export bundle instead.")
 _OUTPUT = flags.DEFINE_string("output", "", "export: bundle folder; extract: .npz path.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "Several processes: process 0's host:port, the same everywhere."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several processes: how many.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several processes: this one, 0..N-1.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Several processes, settings detected by JAX (SLURM, Open MPI, TPU pods, "
+    "JAX_COORDINATOR_ADDRESS); flags given above take precedence.",
+)
 
 
 def _run(argv) -> None:
     del argv
     # orbax and tfds log every checkpoint and file at INFO; keep the terminal for progress.
     logging.set_verbosity(logging.WARNING)
-    from occreid_jax import evaluation, experiment
-
     try:
         config = _CONFIG.value
         config.model  # noqa: B018  (a config that failed to load raises on first access)
     except Exception as error:  # the config file failed to load
         raise UserError(f"cannot load --config: {_last_line(error)}") from error
+    from occreid_jax import distributed
+
+    # Before anything touches a device: JAX's multi-process runtime comes first.
+    if distributed.initialize(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value
+    ):
+        print(distributed.joined_message(), flush=True)  # one line per process
+    from occreid_jax import evaluation, experiment
+
     workdir, mode = _WORKDIR.value, _MODE.value
+    lines = []
     if mode == "train":
         record = experiment.train_and_evaluate(config, workdir)
         rows = dict(record["results"])
         if "untrained" in record:
             rows.update({f"untrained, {k}": v for k, v in record["untrained"].items()})
-        print(evaluation.format_results_table(rows))
-        print(f"results: {os.path.join(os.path.abspath(workdir), 'results.json')}")
+        lines.append(evaluation.format_results_table(rows))
+        lines.append(f"results: {os.path.join(os.path.abspath(workdir), 'results.json')}")
     elif mode == "eval":
-        print(evaluation.format_results_table(experiment.evaluate(config, workdir, _EXPORT.value)))
+        results = experiment.evaluate(config, workdir, _EXPORT.value)
+        lines.append(evaluation.format_results_table(results))
     elif mode == "heatmaps":
-        for root in experiment.precompute_heatmaps(config, workdir):
-            print(f"heatmaps: {root}")
+        lines.extend(
+            f"heatmaps: {root}" for root in experiment.precompute_heatmaps(config, workdir)
+        )
     elif mode == "visualize":
         from occreid_jax import visualize
 
-        print(f"visualize: {os.path.dirname(visualize.visualize(config, workdir)[-1])}")
+        lines.append(f"visualize: {os.path.dirname(visualize.visualize(config, workdir)[-1])}")
     elif mode == "export":
-        print(f"export: {experiment.export_bundle(config, workdir, _OUTPUT.value)}")
+        lines.append(f"export: {experiment.export_bundle(config, workdir, _OUTPUT.value)}")
     else:
-        print(f"features: {experiment.extract(config, workdir, _OUTPUT.value)}")
+        lines.append(f"features: {experiment.extract(config, workdir, _OUTPUT.value)}")
+    if distributed.is_main_process():  # the other processes computed the same, silently
+        print("\n".join(lines))
 
 
 def _fail(message: str) -> None:

@@ -18,9 +18,15 @@ def _plain(value):
 
 
 class MetricsLog:
-    """Appends metrics to a JSON-lines file and writes scalars to TensorBoard under `tb/`."""
+    """Appends metrics to a JSON-lines file and writes scalars to TensorBoard under `tb/`.
 
-    def __init__(self, workdir: str, tensorboard: bool = True):
+    `enabled=False` (every process but process 0 of a multi-process run) writes nothing.
+    """
+
+    def __init__(self, workdir: str, tensorboard: bool = True, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
         os.makedirs(workdir, exist_ok=True)
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._writer = None
@@ -32,6 +38,8 @@ class MetricsLog:
 
     def write(self, kind: str, step: int, values: dict) -> None:
         """Records `values` (scalars, or nested dicts of scalars) of one `kind` at `step`."""
+        if not self.enabled:
+            return
         record = {"kind": kind, "step": int(step), "time": time.time(), **_plain(values)}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -26,6 +26,11 @@ MAT = "--config=configs/mat.py:synthetic"
         ([MAT, "--config.model.keypoints=pose"], "unknown model.keypoints"),
         ([MAT, "--config.model.keypoints=heatmaps"], "--config.pose.source=ground_truth"),
         ([MAT, "--mode=visualize"], "no checkpoint in"),
+        ([SYNTHETIC, "--num_processes=2"], "needs --coordinator_address, --num_processes"),
+        (
+            [SYNTHETIC, "--coordinator_address=localhost:1", "--num_processes=2", "--process_id=2"],
+            "--process_id=2 must be in 0..1",
+        ),  # fmt: skip
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, expected):

@@ -58,3 +58,38 @@ def test_eval_batches_keep_order_and_mask_the_padding(builder):
     images = np.concatenate([b["images"].reshape(-1, 128, 64, 3) for b in batches])[masks]
     last = tf.io.decode_png(split.images[-1]).numpy().astype(np.float32)
     np.testing.assert_allclose(images[-1], augment.normalize(tf.constant(last)), atol=1e-5)
+
+
+def test_each_process_reads_its_devices_rows_of_the_global_batch(builder):
+    """2 processes x 2 devices: the processes' batches, side by side, are the batch one process
+    with 4 devices reads, bit for bit (the same images, labels and augmentations)."""
+    split = datasets.load_split(builder, "train", with_heatmaps=False)
+    sampler = IdentitySampler(split.labels, batch_size=16, instances_per_id=2, num_devices=4)
+    common = dict(start_step=1, image_size=(64, 32), num_devices=4, pad=4, flip_prob=0.5,
+                  erasing_prob=0.5, seed=3)  # fmt: skip
+    whole = next(pipeline.train_batches(split, sampler, **common))
+    parts = [next(pipeline.train_batches(split, sampler, **common, shard=(p, 2))) for p in (0, 1)]
+    assert parts[0]["images"].shape == (2, 4, 64, 32, 3)
+    for key in ("images", "labels"):
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+
+    query = datasets.load_split(builder, "query", with_heatmaps=False)
+    whole = list(pipeline.eval_batches(query, image_size=(64, 32), batch_size=8, num_devices=4))
+    for index in (0, 1):
+        part = list(
+            pipeline.eval_batches(
+                query, image_size=(64, 32), batch_size=8, num_devices=4, shard=(index, 2)
+            )
+        )
+        assert len(part) == len(whole)  # every process runs as many batches (lockstep)
+        _, mask = pipeline.eval_rows(len(query), 8, 4, (index, 2))
+        for got, expected in zip(part, whole, strict=True):
+            np.testing.assert_array_equal(
+                got["images"], expected["images"][2 * index : 2 * index + 2]
+            )
+            np.testing.assert_array_equal(got["mask"], expected["mask"][2 * index : 2 * index + 2])
+        masks = np.concatenate([b["mask"].reshape(-1) for b in part])
+        np.testing.assert_array_equal(masks, mask)
+    rows = [pipeline.eval_rows(len(query), 8, 4, (p, 2)) for p in (0, 1)]
+    positions = np.concatenate([order[mask] for order, mask in rows])  # each image once
+    np.testing.assert_array_equal(np.sort(positions), np.arange(len(query)))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from occreid_jax.data.sampler import IdentitySampler, check_batch_layout
+from occreid_jax.data.sampler import IdentitySampler, check_batch_layout, process_rows
 from occreid_jax.errors import UserError
 
 
@@ -71,3 +71,26 @@ def test_bad_batch_layout_is_a_user_error():
         check_batch_layout(batch_size=30, instances_per_id=4, num_devices=2)
     with pytest.raises(UserError, match="identities"):
         IdentitySampler(np.zeros(10, int), batch_size=8, instances_per_id=4)
+
+
+def test_processes_split_every_batch_into_whole_identities():
+    """2 processes x 2 devices: each process keeps its devices' rows; together they are the
+    global batch, every device has whole identities, and no identity is on two processes."""
+    labels = np.repeat(np.arange(16), 6)
+    sampler = IdentitySampler(labels, batch_size=32, instances_per_id=4, num_devices=4, seed=2)
+    assert process_rows(32, 4, (0, 2)) == slice(0, 16)
+    assert process_rows(32, 4, (1, 2)) == slice(16, 32)
+    seen = []
+    for batch in sampler.epoch(0):
+        parts = [batch[process_rows(32, 4, (p, 2))] for p in range(2)]
+        np.testing.assert_array_equal(np.concatenate(parts), batch)
+        ids = [set(labels[part]) for part in parts]
+        assert not ids[0] & ids[1]
+        for part in parts:
+            for device in labels[part].reshape(2, 8):  # 2 local devices, 2 identities each
+                assert (device.reshape(2, 4) == device.reshape(2, 4)[:, :1]).all()
+        seen.extend(labels[batch].reshape(-1, 4)[:, 0])
+    # 3 steps x 8 identities over an epoch of 16 identities: each once, then a new pass.
+    assert len(set(seen[:16])) == 16
+    with pytest.raises(ValueError, match="cannot split"):
+        process_rows(32, 3, (0, 2))

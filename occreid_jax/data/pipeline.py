@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from occreid_jax.data import augment
 from occreid_jax.data.datasets import Split
-from occreid_jax.data.sampler import IdentitySampler
+from occreid_jax.data.sampler import IdentitySampler, process_rows
 from occreid_jax.errors import UserError
 
 # tf.data only feeds the host; keep TensorFlow off any accelerator JAX uses.
@@ -119,18 +119,26 @@ def train_batches(
     seed: int,
     with_heatmaps: bool = False,
     with_keypoints: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[dict]:
     """Infinite training batches starting at `start_step` (resumes mid-epoch exactly).
 
-    Yields dicts of numpy arrays:
-      images: [D, B/D, H, W, 3] float32, ImageNet-normalised.
-      labels: [D, B/D] int32 train labels.
-      heatmaps: [D, B/D, H/4, W/4, 17] float32, only when `with_heatmaps` (from
+    `num_devices` counts the devices of all processes; with several processes (`shard` =
+    (process index, number of processes)) each process reads, augments and yields only the
+    rows of its own devices, D = num_devices / processes of them, augmented exactly as one
+    process driving every device would (the seed of an image is its global slot).
+
+    Yields dicts of numpy arrays (b = B / num_devices images per device):
+      images: [D, b, H, W, 3] float32, ImageNet-normalised.
+      labels: [D, b] int32 train labels.
+      heatmaps: [D, b, H/4, W/4, 17] float32, only when `with_heatmaps` (from
         `split.heatmaps`: ground truth or a precomputed store), moved with the image.
-      keypoints: [D, B/D, 17, 3] float32 (x, y, visibility), only when `with_keypoints`.
+      keypoints: [D, b, 17, 3] float32 (x, y, visibility), only when `with_keypoints`.
     """
     image_size = tuple(image_size)
     global_batch = sampler.batch_size
+    rows = process_rows(global_batch, num_devices, shard)
+    local_batch = rows.stop - rows.start
     images = tf.constant(split.images.tolist(), tf.string)
     labels = tf.constant(split.labels, tf.int32)
     if with_heatmaps and split.heatmaps is None:
@@ -166,22 +174,46 @@ def train_batches(
         return out
 
     ds = tf.data.Dataset.from_generator(
-        lambda: sampler.batches_from(start_step),
+        lambda: ((step, indices[rows]) for step, indices in sampler.batches_from(start_step)),
         output_signature=(
             tf.TensorSpec([], tf.int64),
-            tf.TensorSpec([global_batch], tf.int64),
+            tf.TensorSpec([local_batch], tf.int64),
         ),
     )
+    slots = tf.range(rows.start, rows.stop, dtype=tf.int64)  # positions in the global batch
     ds = ds.flat_map(
         lambda step, indices: tf.data.Dataset.from_tensor_slices(
-            (tf.fill([global_batch], step), tf.range(global_batch, dtype=tf.int64), indices)
+            (tf.fill([local_batch], step), slots, indices)
         )
     )
     ds = ds.map(one_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(global_batch, drop_remainder=True)
-    ds = ds.map(lambda batch: _to_devices(batch, num_devices))
+    ds = ds.batch(local_batch, drop_remainder=True)
+    ds = ds.map(lambda batch: _to_devices(batch, num_devices // shard[1]))
     ds = ds.prefetch(2).with_options(_options())
     return _numpy_batches(ds, split)
+
+
+def eval_rows(
+    num_images: int, batch_size: int, num_devices: int, shard: tuple[int, int] = (0, 1)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which images one process embeds: its devices' rows of every padded global batch.
+
+    Returns:
+      order: [T * B / processes] int64 dataset positions (0 on padding), in the order
+        `eval_batches` yields them; mask: same shape, False on padding.
+    """
+    if batch_size % num_devices:
+        raise UserError(
+            f"data.eval_batch_size={batch_size} is not divisible by the {num_devices} devices; "
+            f"set --config.data.eval_batch_size to a multiple of {num_devices}"
+        )
+    padded = -(-num_images // batch_size) * batch_size
+    positions = np.arange(padded).reshape(-1, batch_size)[
+        :, process_rows(batch_size, num_devices, shard)
+    ]
+    positions = positions.reshape(-1)
+    mask = positions < num_images
+    return np.where(mask, positions, 0), mask
 
 
 def eval_batches(
@@ -190,14 +222,18 @@ def eval_batches(
     image_size: tuple[int, int],
     batch_size: int,
     num_devices: int,
+    shard: tuple[int, int] = (0, 1),
     with_heatmaps: bool = False,
 ) -> Iterator[dict]:
     """One pass over `split` in order, the last batch padded.
 
+    With several processes (`shard`), each yields only its devices' rows of every global batch
+    of `batch_size` (the positions `eval_rows` returns), D = num_devices / processes of them.
+
     Yields dicts of numpy arrays:
-      images: [D, B/D, H, W, 3] float32, ImageNet-normalised.
-      mask: [D, B/D] bool, False on padding.
-      heatmaps: [D, B/D, H/4, W/4, 17] float32, only when `with_heatmaps` (from
+      images: [D, B/num_devices, H, W, 3] float32, ImageNet-normalised.
+      mask: [D, B/num_devices] bool, False on padding.
+      heatmaps: [D, B/num_devices, H/4, W/4, 17] float32, only when `with_heatmaps` (from
         `split.heatmaps`, resized to the input size like the training ones).
     """
     if with_heatmaps and split.heatmaps is None:
@@ -207,15 +243,8 @@ def eval_batches(
         )
     read_heatmaps = _heatmap_reader(split.heatmaps) if with_heatmaps else None
     image_size = tuple(image_size)
-    if batch_size % num_devices:
-        raise UserError(
-            f"data.eval_batch_size={batch_size} is not divisible by the {num_devices} devices; "
-            f"set --config.data.eval_batch_size to a multiple of {num_devices}"
-        )
-    num = len(split)
-    padded = -(-num // batch_size) * batch_size
-    order = np.concatenate([np.arange(num), np.zeros(padded - num, np.int64)])
-    mask = np.arange(padded) < num
+    order, mask = eval_rows(len(split), batch_size, num_devices, shard)
+    local_devices = num_devices // shard[1]
     images = tf.constant(split.images.tolist(), tf.string)
 
     def one_example(index, valid):
@@ -227,6 +256,6 @@ def eval_batches(
 
     ds = tf.data.Dataset.from_tensor_slices((order, mask))
     ds = ds.map(one_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size).map(lambda batch: _to_devices(batch, num_devices))
+    ds = ds.batch(batch_size // shard[1]).map(lambda batch: _to_devices(batch, local_devices))
     ds = ds.prefetch(2).with_options(_options())
     return _numpy_batches(ds, split)

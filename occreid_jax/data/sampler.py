@@ -6,6 +6,11 @@ batch-hard triplet mining can stay on the device.
 
 The order is a pure function of (seed, epoch): a resumed run that skips to step s of an epoch
 sees exactly the batches an uninterrupted run would have seen.
+
+Several processes (occreid_jax/distributed.py): every process draws the same global batches and
+keeps the contiguous rows of its own devices (`process_rows`), so the identities of a batch are
+partitioned across processes and devices, each device gets whole identities, and over an epoch
+every identity is seen once overall, exactly as with one process driving all the devices.
 """
 
 from __future__ import annotations
@@ -29,6 +34,27 @@ def check_batch_layout(batch_size: int, instances_per_id: int, num_devices: int)
             f"{num_devices * instances_per_id}"
         )
     return batch_size // instances_per_id
+
+
+def process_rows(batch_size: int, num_devices: int, shard: tuple[int, int] = (0, 1)) -> slice:
+    """The rows of a global batch that belong to one process's devices.
+
+    Args:
+      batch_size: global batch size, laid out [num_devices, batch_size / num_devices].
+      num_devices: devices over all processes (each process drives the same number).
+      shard: (process index, number of processes); process p drives the global devices
+        p * L .. (p + 1) * L - 1, L = num_devices / processes (JAX's order).
+    Returns:
+      slice(p * B / processes, (p + 1) * B / processes).
+    """
+    index, count = shard
+    if num_devices % count or batch_size % num_devices or not 0 <= index < count:
+        raise ValueError(
+            f"cannot split a batch of {batch_size} over {num_devices} devices and "
+            f"{count} processes (process {index})"
+        )
+    rows = batch_size // count
+    return slice(index * rows, (index + 1) * rows)
 
 
 class IdentitySampler:

@@ -1,9 +1,12 @@
-"""Re-ID evaluation: features -> distances -> CMC / mAP / mINP (no model, numpy only).
+"""Re-ID evaluation: features -> distances -> CMC / mAP / mINP (no model; numpy, and JAX for
+the accelerator path).
 
 Public API:
     evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50) -> dict
     evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, metric="cosine",
-                      max_rank=50, chunk_size=None, rerank=False, ...) -> dict
+                      max_rank=50, chunk_size=None, rerank=False, ..., memory_mib=None,
+                      backend="auto") -> dict   (exact, within a memory budget, on the GPU
+                      when there is one)
     evaluate_distance_blocks(distance_block, q_pids, g_pids, q_camids, g_camids, ...)
     re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3) -> [Q, G]
     FeatureDistance, pairwise_distance, cosine_distance, squared_euclidean_distance, l2_normalize

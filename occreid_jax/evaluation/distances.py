@@ -81,23 +81,33 @@ class FeatureDistance:
         """(Q, G)."""
         return self.q.shape[0], self.g.shape[0]
 
-    def __call__(self, rows: slice | np.ndarray) -> np.ndarray:
-        """Distances of the queries `rows` (a slice or an index array) to the whole gallery.
+    def __call__(self, rows: slice | np.ndarray, cols: slice | None = None) -> np.ndarray:
+        """Distances of the queries `rows` (a slice or an index array) to the gallery.
+
+        Args:
+            rows: query rows.
+            cols: a range of gallery entries (default: the whole gallery).
 
         Returns:
-            [R, G] float32.
+            [R, G] float32, or [R, len(cols)] with `cols`. The same (rows, cols) give the same
+            values bit for bit.
         """
         q = self.q[rows]
+        g = self.g if cols is None else self.g[cols]
         if self.metric == "cosine":
-            d = l2_normalize(q) @ self.g.T  # [R, G] cosine up to the gallery norm
-            d *= self._g_scale
+            d = l2_normalize(q) @ g.T  # [R, G] cosine up to the gallery norm
+            d *= self._g_scale if cols is None else self._g_scale[cols]
             np.subtract(np.float32(1.0), d, out=d)
         else:
-            d = (q * np.float32(-2.0)) @ self.g.T  # exact scaling by -2
-            d += self._g_sq
+            d = (q * np.float32(-2.0)) @ g.T  # exact scaling by -2
+            d += self._g_sq if cols is None else self._g_sq[cols]
             d += np.einsum("rd,rd->r", q, q, dtype=np.float64).astype(np.float32)[:, None]
             np.maximum(d, np.float32(0.0), out=d)
         return d
+
+    def gallery_terms(self) -> np.ndarray:
+        """[G] float32: 1/|g| (cosine) or |g|^2 (euclidean), the per-gallery factor or term."""
+        return self._g_scale if self.metric == "cosine" else self._g_sq
 
 
 def pairwise_distance(

@@ -7,11 +7,13 @@ Two entries:
   each block is ranked as soon as it is computed and dropped, so the Q x G matrix never exists.
   A model with its own matching rule (e.g. Pirt: global distance plus a part distance re-ranked
   over each query's top-N gallery images) plugs in here and keeps the chunking and progress bar.
+  A block returned as a JAX array on an accelerator is ranked there (`device.py`).
 * `evaluate_features(q_feats, g_feats, ...)`: the standard case, cosine or squared Euclidean
-  distances of embeddings, optionally with k-reciprocal re-ranking (which does need the whole
-  (Q+G)^2 matrix, see `rerank.py`).
+  distances of embeddings, in tiles that fit `memory_mib` whatever the gallery size, on the
+  accelerator when there is one (`blocks.py`); optionally with k-reciprocal re-ranking (which
+  does need the whole (Q+G)^2 matrix, see `rerank.py`).
 
-Both return the dict of `ranking.evaluate_rank`.
+Both return the dict of `ranking.evaluate_rank`, exactly (no approximation).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 import tqdm
 
+from occreid_jax.evaluation import blocks as tiling
 from occreid_jax.evaluation import distances, ranking
 from occreid_jax.evaluation.rerank import k_reciprocal_rerank
 
@@ -37,19 +40,23 @@ def evaluate_distance_blocks(
     max_rank: int = 50,
     chunk_size: int | None = None,
     progress: bool = False,
+    memory_mib: float | None = None,
 ) -> dict:
     """Ranks query blocks as a distance function produces them.
 
     Args:
         distance_block: `rows: slice -> [len(rows), G]` distances (numpy or jax array, float32
-            or float64; smaller is more similar). Called once per block, in query order.
+            or float64; smaller is more similar). Called once per block, in query order. A
+            JAX array on an accelerator is ranked on it; anything else on the host.
         q_pids: [Q] query person ids.
         g_pids: [G] gallery person ids.
         q_camids: [Q] query camera ids.
         g_camids: [G] gallery camera ids.
         max_rank: length of the CMC curve; clipped to G.
-        chunk_size: queries per block; default ~16M distances per block (64 MiB float32).
+        chunk_size: queries per block; default: as many as fit `memory_mib`.
         progress: show a tqdm progress bar over the queries.
+        memory_mib: working memory of a block's ranking (default 256 MiB); at least one
+            query row per block.
 
     Returns:
         The metrics dict of `evaluate_rank`.
@@ -61,18 +68,28 @@ def evaluate_distance_blocks(
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
     gallery = ranking.GalleryIndex.build(g_pids, g_camids)
-    step = chunk_size or ranking.default_chunk_size(num_g, num_q)
+    budget = memory_mib or tiling.DEFAULT_MEMORY_MIB
+    step = chunk_size or max(1, int(budget * 2**20) // (tiling.BYTES_PER_DISTANCE["jax"] * num_g))
     blocks = []
-    with tqdm.tqdm(total=num_q, unit="query", disable=not progress, desc="ranking") as bar:
+    bar = tqdm.tqdm(total=num_q, unit="query", disable=not progress, desc="ranking", leave=False)
+    with bar:
         for start in range(0, num_q, step):
             rows = slice(start, min(start + step, num_q))
-            dist = np.asarray(distance_block(rows))
+            dist = distance_block(rows)
             expected = (rows.stop - rows.start, num_g)
-            if dist.shape != expected:
+            if tuple(dist.shape) != expected:
                 raise ValueError(
                     f"distance_block({rows}) returned shape {dist.shape}, expected {expected}"
                 )
-            blocks.append(ranking.rank_block(dist, q_pids[rows], q_camids[rows], gallery))
+            if _on_accelerator(dist):
+                from occreid_jax.evaluation import device
+
+                pairs = ranking.BlockPairs.build(q_pids[rows], q_camids[rows], gallery)
+                vals, counts = device.rank_given_block(dist, pairs)
+                blocks.append(ranking.finish_block(pairs, vals, counts[~pairs.junk]))
+            else:
+                dist = np.asarray(dist)
+                blocks.append(ranking.rank_block(dist, q_pids[rows], q_camids[rows], gallery))
             bar.update(expected[0])
     return ranking.summarize_ranks(blocks, max_rank, num_g)
 
@@ -92,11 +109,14 @@ def evaluate_features(
     k2: int = 6,
     lambda_value: float = 0.3,
     progress: bool = False,
+    memory_mib: float | None = None,
+    backend: str = "auto",
 ) -> dict:
-    """CMC / mAP / mINP of query and gallery embeddings.
+    """CMC / mAP / mINP of query and gallery embeddings, exactly, in bounded memory.
 
-    Without re-ranking, memory is the features plus ~3 blocks of [chunk_size, G] float32.
-    With `rerank=True` the (Q+G)^2 float32 matrix is built (4 (Q+G)^2 bytes).
+    Without re-ranking, memory is the features plus about `memory_mib` of distance tiles,
+    whatever the gallery size (see `blocks.py`). With `rerank=True` the (Q+G)^2 float32
+    matrix is built on the host (4 (Q+G)^2 bytes).
 
     Args:
         q_feats: [Q, D] query embeddings (flip-averaging, if any, is the caller's job).
@@ -104,22 +124,47 @@ def evaluate_features(
         q_pids, g_pids, q_camids, g_camids: [Q] / [G] person and camera ids.
         metric: "cosine" (1 - cos) or "euclidean" (squared).
         max_rank: length of the CMC curve; clipped to G.
-        chunk_size: queries per block (default ~16M distances per block).
+        chunk_size: queries per block, each against the whole gallery (overrides the budget).
         rerank: apply k-reciprocal re-ranking (k1, k2, lambda_value) first.
         k1, k2, lambda_value: re-ranking parameters (paper: 20, 6, 0.3).
         progress: show a progress bar.
+        memory_mib: working memory of the distance tiles and their ranking (default 256 MiB;
+            on an accelerator, its memory).
+        backend: "auto" (on the accelerator when JAX has one, else numpy), "numpy" or "jax".
 
     Returns:
         The metrics dict of `evaluate_rank`.
     """
     dist = distances.FeatureDistance(q_feats, g_feats, metric)
-    num_q = dist.shape[0]
+    num_q, num_g = dist.shape
     if not rerank:
-        return evaluate_distance_blocks(
-            dist, q_pids, g_pids, q_camids, g_camids, max_rank, chunk_size, progress
+        q_pids, g_pids, q_camids, g_camids = ranking.check_ids(
+            q_pids, g_pids, q_camids, g_camids, num_q, num_g
         )
+        if max_rank < 1:
+            raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+        backend = tiling.resolve_backend(backend)
+        if chunk_size:
+            rows, cols = min(chunk_size, num_q), num_g
+        else:
+            budget = memory_mib or tiling.DEFAULT_MEMORY_MIB
+            bytes_per = tiling.BYTES_PER_DISTANCE[backend]
+            rows, cols = tiling.block_shape(num_q, num_g, budget, bytes_per)
+        gallery = ranking.GalleryIndex.build(g_pids, g_camids)
+        blocks = tiling.rank_features(
+            dist, q_pids, q_camids, gallery, rows, cols, backend, progress
+        )
+        return ranking.summarize_ranks(blocks, max_rank, num_g)
     everything = np.concatenate([dist.q, dist.g])  # [Q+G, D]
     full = distances.pairwise_distance(everything, everything, metric)
     final = k_reciprocal_rerank(full, num_q, k1, k2, lambda_value, overwrite=True)
     del full
     return ranking.evaluate_rank(final, q_pids, g_pids, q_camids, g_camids, max_rank, chunk_size)
+
+
+def _on_accelerator(block: Any) -> bool:
+    """A JAX array on a GPU/TPU (ranked there rather than copied to the host)."""
+    devices = getattr(block, "devices", None)
+    if devices is None or isinstance(block, np.ndarray):
+        return False
+    return any(d.platform != "cpu" for d in devices())

@@ -130,6 +130,146 @@ class BlockRanks(NamedTuple):
     inp: np.ndarray
 
 
+@dataclasses.dataclass(frozen=True)
+class BlockPairs:
+    """The (query, gallery) pairs of a block of C queries that the metrics depend on.
+
+    Only queries with at least one positive keep their pairs (the others are skipped).
+
+    Attributes:
+        num_queries: C.
+        valid: [C] bool, the query has a positive (same id, other camera).
+        npos: [C] number of positives of each query.
+        rows: [E] query positions in the block (non-decreasing).
+        cols: [E] gallery indices (increasing within a row).
+        junk: [E] bool, same id and same camera (removed from the ranking); else a positive.
+    """
+
+    num_queries: int
+    valid: np.ndarray
+    npos: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    junk: np.ndarray
+
+    @classmethod
+    def build(cls, q_pids: np.ndarray, q_camids: np.ndarray, gallery: GalleryIndex) -> BlockPairs:
+        """Pairs of the queries `q_pids`, `q_camids` ([C] each) with the gallery."""
+        num_q = q_pids.shape[0]
+        rows, cols, junk = gallery.same_id_pairs(q_pids, q_camids)
+        npos = np.bincount(rows[~junk], minlength=num_q)
+        valid = npos > 0
+        keep = valid[rows]  # the junk of skipped queries does not matter
+        return cls(num_q, valid, npos, rows[keep], cols[keep], junk[keep])
+
+
+def count_before(
+    tile: np.ndarray, col_start: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray
+) -> np.ndarray:
+    """Gallery entries of a distance tile ranked before given entries, ties by gallery index.
+
+    For each entry e (query row `rows[e]`, gallery index `cols[e]`, distance `vals[e]`), counts
+    the entries j of the tile's row with (distance, gallery index) < (vals[e], cols[e]). The
+    tile may hold the whole gallery (col_start = 0) or a range of it: summed over the tiles
+    of a row, the counts are the 0-based rank of the entry among all gallery entries.
+
+    Args:
+        tile: [C, T] distances of C queries to the gallery entries col_start .. col_start+T-1
+            (any float dtype; not modified).
+        col_start: gallery index of the tile's first column.
+        rows: [E] rows of the tile (non-decreasing).
+        cols: [E] gallery indices.
+        vals: [E] distances of the entries, the values the tile holds at (row, col) when the
+            column is inside it (the same computation, bit for bit).
+
+    Returns:
+        [E] int64 counts.
+
+    Raises:
+        ValueError: the tile contains NaN.
+    """
+    num_cols = tile.shape[1]
+    counts = np.zeros(rows.shape[0], dtype=np.int64)
+    if rows.shape[0] == 0:
+        return counts
+    # Sorted values of the rows with entries: a value sort, much faster than an argsort.
+    needed = np.unique(rows)
+    if needed.size == tile.shape[0]:
+        srt = np.sort(tile, axis=1)
+    else:
+        srt = tile[needed]  # a copy, sorted in place
+        srt.sort(axis=1)
+    if np.isnan(srt[:, -1]).any():  # NaN sorts last, so the last column finds any NaN
+        raise ValueError("the distance matrix contains NaN; check the features / distance function")
+    srt_row = np.zeros(tile.shape[0], dtype=np.int64)
+    srt_row[needed] = np.arange(needed.size)  # tile row -> row of `srt`
+    local = cols - col_start
+    inside = (local >= 0) & (local < num_cols)
+    after = local >= num_cols  # the whole tile comes before the entry in gallery order
+    # Entries smaller than each value, row by row (the entries of a row are contiguous): strictly
+    # smaller, or also equal when the whole tile comes first (ties go by gallery index).
+    bounds = np.flatnonzero(np.diff(rows)) + 1
+    starts = np.concatenate([[0], bounds]).tolist()
+    stops = np.concatenate([bounds, [rows.shape[0]]]).tolist()
+    for a, b in zip(starts, stops, strict=True):
+        row_sorted = srt[srt_row[rows[a]]]
+        counts[a:b] = row_sorted.searchsorted(vals[a:b], side="left")
+        if after[a:b].any():
+            counts[a:b][after[a:b]] = row_sorted.searchsorted(vals[a:b][after[a:b]], "right")
+    # In the entry's own tile, the equal values before it by gallery index; only when the next
+    # sorted value equals its own (rare for continuous features).
+    nxt = np.minimum(counts + 1, num_cols - 1)
+    tied = inside & (counts + 1 < num_cols) & (srt[srt_row[rows], nxt] == vals)
+    for e in np.flatnonzero(tied).tolist():
+        counts[e] += np.count_nonzero(tile[rows[e], : local[e]] == vals[e])
+    return counts
+
+
+def finish_block(pairs: BlockPairs, vals: np.ndarray, smaller: np.ndarray) -> BlockRanks:
+    """Per-query results from the distances of the pairs and the ranks of the positives.
+
+    Args:
+        pairs: the block's pairs.
+        vals: [E] distance of every pair (positives and junk).
+        smaller: [number of positives] for each positive pair, in pair order, the gallery
+            entries ranked before it (junk included; see `count_before`).
+
+    Returns:
+        A `BlockRanks`.
+    """
+    num_q = pairs.num_queries
+    first_rank = np.full(num_q, -1, dtype=np.int64)
+    ap = np.full(num_q, np.nan)
+    inp = np.full(num_q, np.nan)
+    valid, npos = pairs.valid, pairs.npos
+    if not valid.any():
+        return BlockRanks(valid, first_rank, ap, inp)
+    rows, cols, junk = pairs.rows, pairs.cols, pairs.junk
+    pos = ~junk
+    valid_rows = np.flatnonzero(valid)
+    p_offsets = np.concatenate([[0], np.cumsum(npos)])
+
+    # Junk entries ordered before each positive by (distance, gallery index) in its row.
+    order = np.lexsort((cols, vals, rows))
+    junk_sorted = junk[order].astype(np.int64)
+    junk_per_row = np.bincount(rows[junk], minlength=num_q)
+    junk_in_earlier_rows = np.cumsum(junk_per_row) - junk_per_row
+    junk_before = np.cumsum(junk_sorted) - junk_sorted - junk_in_earlier_rows[rows[order]]
+    pos_sorted = pos[order]
+    pos_index = np.cumsum(pos) - 1  # flat entry -> index among positives
+    ranks = smaller[pos_index[order[pos_sorted]]] - junk_before[pos_sorted]
+    ranks_rows = rows[order[pos_sorted]]  # same rows as the positives: each row keeps its block
+
+    # Positives of a row are now in rank order: AP, INP, first rank.
+    ordinal = np.arange(ranks.shape[0]) - p_offsets[ranks_rows] + 1
+    precision_sum = np.bincount(ranks_rows, weights=ordinal / (ranks + 1.0), minlength=num_q)
+    ap[valid] = precision_sum[valid] / npos[valid]
+    first_rank[valid] = ranks[p_offsets[valid_rows]]
+    last_rank = ranks[p_offsets[valid_rows + 1] - 1]
+    inp[valid] = npos[valid] / (last_rank + 1.0)
+    return BlockRanks(valid, first_rank, ap, inp)
+
+
 def rank_block(
     dist: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray, gallery: GalleryIndex
 ) -> BlockRanks:
@@ -144,68 +284,11 @@ def rank_block(
     Returns:
         A `BlockRanks` for the C queries.
     """
-    num_q, num_g = dist.shape
-    first_rank = np.full(num_q, -1, dtype=np.int64)
-    ap = np.full(num_q, np.nan)
-    inp = np.full(num_q, np.nan)
-
-    rows, cols, junk = gallery.same_id_pairs(q_pids, q_camids)
-    pos = ~junk
-    npos = np.bincount(rows[pos], minlength=num_q)
-    valid = npos > 0
-    if not valid.any():
-        return BlockRanks(valid, first_rank, ap, inp)
-    keep = valid[rows]  # the junk of skipped queries does not matter
-    rows, cols, junk, pos = rows[keep], cols[keep], junk[keep], pos[keep]
-    vals = dist[rows, cols]
-
-    # Sorted values of the valid rows: a value sort, much faster than an argsort.
-    valid_rows = np.flatnonzero(valid)
-    if valid_rows.size == num_q:
-        srt = np.sort(dist, axis=1)
-    else:
-        srt = dist[valid_rows]  # a copy, sorted in place
-        srt.sort(axis=1)
-    if np.isnan(srt[:, -1]).any():  # NaN sorts last, so the last column finds any NaN
-        raise ValueError("the distance matrix contains NaN; check the features / distance function")
-    srt_row = np.cumsum(valid) - 1  # query position -> row of `srt`
-
-    # Entries strictly smaller than each positive, over the whole row (junk included).
-    p_rows, p_cols, p_vals = rows[pos], cols[pos], vals[pos]
-    p_offsets = np.concatenate([[0], np.cumsum(npos)])
-    smaller = np.empty(p_rows.shape[0], dtype=np.int64)
-    offsets = p_offsets.tolist()
-    for k, r in enumerate(valid_rows.tolist()):  # row k of `srt` is query r
-        smaller[offsets[r] : offsets[r + 1]] = srt[k].searchsorted(
-            p_vals[offsets[r] : offsets[r + 1]], side="left"
-        )
-    # A positive is tied when the next sorted value equals its own; then count the equal
-    # entries that come before it by gallery index (rare for continuous features).
-    nxt = np.minimum(smaller + 1, num_g - 1)
-    tied = (smaller + 1 < num_g) & (srt[srt_row[p_rows], nxt] == p_vals)
-    for e in np.flatnonzero(tied).tolist():
-        smaller[e] += np.count_nonzero(dist[p_rows[e], : p_cols[e]] == p_vals[e])
-    del srt
-
-    # Junk entries ordered before each positive by (distance, gallery index) in its row.
-    order = np.lexsort((cols, vals, rows))
-    junk_sorted = junk[order].astype(np.int64)
-    junk_per_row = np.bincount(rows[junk], minlength=num_q)
-    junk_in_earlier_rows = np.cumsum(junk_per_row) - junk_per_row
-    junk_before = np.cumsum(junk_sorted) - junk_sorted - junk_in_earlier_rows[rows[order]]
-    pos_sorted = pos[order]
-    pos_index = np.cumsum(pos) - 1  # flat entry -> index among positives
-    ranks = smaller[pos_index[order[pos_sorted]]] - junk_before[pos_sorted]
-    ranks_rows = rows[order[pos_sorted]]  # same rows as p_rows: each row keeps its block
-
-    # Positives of a row are now in rank order: AP, INP, first rank.
-    ordinal = np.arange(ranks.shape[0]) - p_offsets[ranks_rows] + 1
-    precision_sum = np.bincount(ranks_rows, weights=ordinal / (ranks + 1.0), minlength=num_q)
-    ap[valid] = precision_sum[valid] / npos[valid]
-    first_rank[valid] = ranks[p_offsets[valid_rows]]
-    last_rank = ranks[p_offsets[valid_rows + 1] - 1]
-    inp[valid] = npos[valid] / (last_rank + 1.0)
-    return BlockRanks(valid, first_rank, ap, inp)
+    pairs = BlockPairs.build(q_pids, q_camids, gallery)
+    vals = dist[pairs.rows, pairs.cols]
+    pos = ~pairs.junk
+    smaller = count_before(dist, 0, pairs.rows[pos], pairs.cols[pos], vals[pos])
+    return finish_block(pairs, vals, smaller)
 
 
 def summarize_ranks(blocks: Sequence[BlockRanks], max_rank: int, num_gallery: int) -> dict:
