@@ -125,5 +125,8 @@ ABLATIONS["table5"] = {
     "G only": {"eval.confidence": "gallery"},
     "none": {"eval.confidence": "none"},
     "Q & G, released index defect": {"eval.released_index_defect": True},
+    # Not in the paper: how much the part distance adds. With top_n = 1 only each query's
+    # nearest image by the stripe distance gets a part distance; the rest rank globally.
+    "no part re-ranking (top_n = 1)": {"eval.top_n": 1},
 }
 EVAL_ONLY = {"table5": ("table3", "+inter (Pirt)")}
