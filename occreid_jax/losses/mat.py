@@ -11,9 +11,9 @@ The whole objective (Eq. 9, with the ID and triplet terms) is `objectives.mat_ob
   summed over X (Eq. 12), averaged over groups. Eq. 10 is a KL between distributions: the
   per-pixel (K+1)-channel maps of an h x w image hold N = h w units of mass, so each is
   divided by N to make one distribution over (position, part); the KL is then the mean over
-  positions of the per-pixel KL. (Summing the per-pixel KLs instead, N times larger, made L_fc
-  at weight 5 swamp the ID loss by ~500x in gradient at the synthetic size and collapse the
-  shared encoder features to one image-independent map.)
+  positions of the per-pixel KL. (Summing the per-pixel KLs instead, N times larger, gave L_fc
+  at weight 5 a backbone gradient ~5000x the ID loss's at the synthetic size and at init, and
+  collapsed the shared encoder features to one image-independent map.)
 
 Pure functions of arrays; the motion geometry comes from `occreid_jax.motion`.
 """
