@@ -155,6 +155,7 @@ def test_consistency_flow_undoes_a_known_part_motion():
     loss = mat_losses.consistency_loss(segs, moved, jacs, group_size=2)
     assert abs(float(loss)) < 1e-4
     still = jnp.asarray(np.stack([kp_a, kp_a]))
+    # A's two parts disagree with B's at 1 row of 8: KL ~ -log(1e-6) on 1/8 of the pixels.
     assert float(mat_losses.consistency_loss(segs, still, jacs, group_size=2)) > 1.0
 
 
@@ -163,6 +164,20 @@ def test_kl_divergence_by_hand():
     q = jnp.asarray([[[[0.25, 0.75]]]])
     expected = 0.5 * np.log(0.5 / 0.25) + 0.5 * np.log(0.5 / 0.75)
     np.testing.assert_allclose(mat_losses.kl_divergence(p, q), [expected], rtol=1e-5)
+
+
+def test_kl_divergence_is_a_mean_over_positions():
+    """Eq. 10 compares distributions: the maps are normalised by their h*w positions, so the
+    KL does not grow with the resolution (summed per-pixel KLs made L_fc swamp the ID loss)."""
+    rng = np.random.default_rng(0)
+    p = jax.nn.softmax(jnp.asarray(rng.normal(size=(2, 4, 2, 5)) * 2, jnp.float32), axis=-1)
+    q = jax.nn.softmax(jnp.asarray(rng.normal(size=(2, 4, 2, 5)) * 2, jnp.float32), axis=-1)
+    per_pixel = np.sum(np.asarray(p) * np.log(np.asarray(p) / np.asarray(q)), axis=-1)
+    np.testing.assert_allclose(mat_losses.kl_divergence(p, q), per_pixel.mean((1, 2)), rtol=1e-5)
+    finer_p, finer_q = (jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2) for x in (p, q))
+    np.testing.assert_allclose(
+        mat_losses.kl_divergence(finer_p, finer_q), mat_losses.kl_divergence(p, q), rtol=1e-5
+    )
 
 
 # ----------------------------------------------------------------------------- total
