@@ -27,6 +27,19 @@ from occreid_jax.nets.resnet import BN_MOMENTUM, NORM_EPS, get_backbone
 classifier_init = nn.initializers.normal(stddev=0.001)
 
 
+def bnneck(train: bool, axis_name: str | None, name: str) -> nn.BatchNorm:
+    """BNNeck: BatchNorm1d whose bias is frozen at zero (so it has no bias parameter)."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=BN_MOMENTUM,
+        epsilon=NORM_EPS,
+        use_bias=False,
+        dtype=jnp.float32,
+        axis_name=axis_name,
+        name=name,
+    )
+
+
 class Baseline(nn.Module):
     """Backbone -> GAP -> BNNeck -> bias-free classifier.
 
@@ -76,15 +89,7 @@ class Baseline(nn.Module):
             name="backbone",
         )(x, train)
         global_feat = jnp.mean(fmap, axis=(1, 2), dtype=jnp.float32)
-        bn_feat = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=BN_MOMENTUM,
-            epsilon=NORM_EPS,
-            use_bias=False,
-            dtype=jnp.float32,
-            axis_name=self.bn_axis_name,
-            name="bottleneck",
-        )(global_feat)
+        bn_feat = bnneck(train, self.bn_axis_name, "bottleneck")(global_feat)
         aux = {"global_feat": global_feat}
         if self.num_classes > 0:
             aux["logits"] = nn.Dense(

@@ -41,8 +41,8 @@ import jax.numpy as jnp
 
 from occreid_jax import motion
 from occreid_jax.errors import UserError
-from occreid_jax.nets.baseline import classifier_init
-from occreid_jax.nets.resnet import BN_MOMENTUM, NORM_EPS, get_backbone
+from occreid_jax.nets.baseline import bnneck, classifier_init
+from occreid_jax.nets.resnet import get_backbone
 from occreid_jax.nets.transformer import DecoderLayer, EncoderLayer, sine_position_embedding
 
 # model.keypoints: where the keypoints of the motion flow come from.
@@ -320,12 +320,4 @@ class Mat(nn.Module):
 
     def _bnneck(self, feat: jax.Array, train: bool, name: str) -> jax.Array:
         """BatchNorm1d with the bias frozen at zero (omitted), float32."""
-        return nn.BatchNorm(
-            use_running_average=not train,
-            momentum=BN_MOMENTUM,
-            epsilon=NORM_EPS,
-            use_bias=False,
-            dtype=jnp.float32,
-            axis_name=self.bn_axis_name,
-            name=name,
-        )(feat)
+        return bnneck(train, self.bn_axis_name, name)(feat)

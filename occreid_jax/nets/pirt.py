@@ -30,14 +30,13 @@ import jax
 import jax.numpy as jnp
 
 from occreid_jax.errors import UserError
-from occreid_jax.nets.baseline import classifier_init
+from occreid_jax.nets.baseline import bnneck, classifier_init
 from occreid_jax.nets.pirt_parts import (
     JOINT_GROUPS,
     ConfidenceScore,
     IntraPartRelation,
     RelationalTransformer,
     adaptive_max_pool,
-    bnneck,
     joint_features,
     pose_guidance,
 )

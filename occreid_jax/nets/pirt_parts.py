@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from occreid_jax.errors import UserError
-from occreid_jax.nets.resnet import BN_MOMENTUM, IBN, NORM_EPS, batch_norm, conv_kernel_init
+from occreid_jax.nets.resnet import IBN, NORM_EPS, batch_norm, conv_kernel_init
 
 # Joint groups in COCO order, as released: arms, legs, head. The released head group includes
 # the left shoulder (joint 5), which is also in the arms group; the paper's text ("head, upper
@@ -236,16 +236,3 @@ class ConfidenceScore(nn.Module):
         weighted = score * group_confidence
         # torch F.normalize(p=1, eps=1e-12).
         return weighted / jnp.maximum(jnp.sum(jnp.abs(weighted), -1, keepdims=True), 1e-12)
-
-
-def bnneck(train: bool, axis_name: str | None, name: str) -> nn.BatchNorm:
-    """BNNeck: BatchNorm1d whose bias is frozen at zero (so it has no bias parameter)."""
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=BN_MOMENTUM,
-        epsilon=NORM_EPS,
-        use_bias=False,
-        dtype=jnp.float32,
-        axis_name=axis_name,
-        name=name,
-    )
