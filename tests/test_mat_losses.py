@@ -180,6 +180,43 @@ def test_kl_divergence_is_a_mean_over_positions():
     )
 
 
+def test_part_diversity_of_uniform_maps_is_log_k_plus_1():
+    seg = jnp.full((2, 4, 2, 6), 1 / 6, jnp.float32)
+    np.testing.assert_allclose(mat_losses.part_diversity_loss(seg), np.log(6), rtol=1e-5)
+
+
+def test_part_diversity_is_zero_for_hard_maps_using_every_part_equally():
+    """One-hot pixels, each of the K=3 parts on 2 of the batch's pixels, background on 4: the
+    background's share is free, so the loss is 0 however much background there is."""
+    labels = np.array([[0, 1, 2, 3, 0], [1, 2, 3, 0, 0]])  # [B=2, 5 pixels]
+    seg = jax.nn.one_hot(jnp.asarray(labels).reshape(2, 5, 1), 4)
+    np.testing.assert_allclose(mat_losses.part_diversity_loss(seg), 0.0, atol=1e-5)
+
+
+def test_part_diversity_by_hand_for_one_unused_part():
+    """Hard maps on parts 1 and 2 only (K=3): H_pixel=0, usage (1/2, 1/2, 0), so
+    log 3 - log 2; soft pixels add their mean entropy."""
+    hard = jax.nn.one_hot(jnp.asarray([[1, 2, 1, 2]]).reshape(1, 2, 2), 4)
+    np.testing.assert_allclose(
+        mat_losses.part_diversity_loss(hard), np.log(3) - np.log(2), rtol=1e-5
+    )
+    soft = jnp.asarray([[[[0.0, 0.5, 0.5, 0.0]]]])
+    expected = np.log(3) + np.log(2) - np.log(2)  # pixel entropy log 2, usage (1/2, 1/2, 0)
+    np.testing.assert_allclose(mat_losses.part_diversity_loss(soft), expected, rtol=1e-5)
+
+
+def test_part_diversity_enters_the_total_with_its_weight():
+    rng = np.random.default_rng(0)
+    aux = _aux(rng)
+    labels = jnp.asarray(np.repeat([0, 1], 4), jnp.int32)
+    off, _ = mat_objective(aux, labels, MatLossConfig())
+    on, metrics = mat_objective(aux, labels, MatLossConfig(part_diversity_weight=2.0))
+    diversity = mat_losses.part_diversity_loss(aux["segmentation"])
+    assert float(diversity) > 0.1
+    np.testing.assert_allclose(on - off, 2.0 * diversity, rtol=1e-5)
+    np.testing.assert_allclose(metrics["part_diversity"], diversity, rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- total
 
 

@@ -15,6 +15,13 @@ The whole objective (Eq. 9, with the ID and triplet terms) is `objectives.mat_ob
   at weight 5 a backbone gradient ~5000x the ID loss's at the synthetic size and at init, and
   collapsed the shared encoder features to one image-independent map.)
 
+* L_div (not in the paper): `log K + H_pixel - H_usage`, minus the mutual information between
+  a pixel and its part (`part_diversity_loss`). L_fc is zero for any segmentation that is
+  the same uniform map on every image, and the ID losses on part features are as happy with
+  K copies of the global feature: nothing in Eq. 9 keeps the K+1 maps apart (co-part
+  segmentation's reconstruction loss did, and MAT dropped it). On the synthetic benchmark
+  every run without it ended at uniform maps (mean max probability 1/(K+1)).
+
 Pure functions of arrays; the motion geometry comes from `occreid_jax.motion`.
 """
 
@@ -111,3 +118,28 @@ def consistency_loss(
     )
     kl = kl_divergence(anchor_seg, warped).reshape(-1, others)
     return jnp.mean(jnp.sum(kl, axis=1))
+
+
+def part_diversity_loss(segmentation: jax.Array) -> jax.Array:
+    """Not in the paper: `log K + H_pixel - H_usage` over the batch, in nats.
+
+    H_pixel is the mean entropy of each pixel's K+1 part distribution (low when every pixel
+    belongs to one part); H_usage the entropy of the K foreground parts' share of the whole
+    batch's foreground mass (high when every part is used). The background's share is left
+    free. Uniform maps give log K + log(K+1) - log K = log(K+1); the minimum, 0, is reached by
+    hard assignments that use every part equally often. Batch-level usage (not per image)
+    lets a part be absent from an occluded image.
+
+    Args:
+      segmentation: [B, h, w, K+1] part distributions (channel 0 background).
+
+    Returns:
+      Scalar float32.
+    """
+    seg = segmentation.reshape(-1, segmentation.shape[-1]).astype(jnp.float32)
+    pixel_entropy = -jnp.mean(jnp.sum(seg * jnp.log(jnp.maximum(seg, KL_EPS)), axis=-1))
+    usage = jnp.sum(seg[:, 1:], axis=0)
+    usage = usage / jnp.maximum(jnp.sum(usage), KL_EPS)
+    usage_entropy = -jnp.sum(usage * jnp.log(jnp.maximum(usage, KL_EPS)))
+    num_parts = seg.shape[-1] - 1
+    return jnp.log(float(num_parts)) + pixel_entropy - usage_entropy

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from occreid_jax.errors import UserError
 from occreid_jax.losses.classification import cross_entropy_label_smoothing
-from occreid_jax.losses.mat import consistency_loss, equivariance_loss
+from occreid_jax.losses.mat import consistency_loss, equivariance_loss, part_diversity_loss
 from occreid_jax.losses.triplet import triplet_loss
 
 
@@ -134,6 +134,7 @@ class MatLossConfig(LossConfig):
     part_triplet_weight: float = 1.0  # lambda4
     equivariance_weight: float = 10.0  # lambda5
     consistency_weight: float = 5.0  # lambda6
+    part_diversity_weight: float = 0.0  # not in the paper (losses/mat.part_diversity_loss)
     tps_sigma_affine: float = 0.05
     tps_sigma_tps: float = 0.005
     tps_points: int = 5
@@ -208,6 +209,10 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
     # every image, and L_eq by keypoints that sit together.
     if "segmentation" in aux:
         metrics["segmentation_confidence"] = jnp.mean(jnp.max(aux["segmentation"], axis=-1))
+        if cfg.part_diversity_weight:
+            diversity = part_diversity_loss(aux["segmentation"])
+            loss = loss + cfg.part_diversity_weight * diversity
+            metrics["part_diversity"] = diversity
     if "keypoints" in aux:
         metrics["keypoint_spread"] = jnp.mean(jnp.std(aux["keypoints"], axis=1))
     if "segmentation" in aux and "keypoints" in aux and cfg.group_size > 1:
