@@ -67,7 +67,7 @@ ABLATIONS["diagnostics"] = {
     "no segmentation branch (global feature only)": {"model.segmentation": False},
     "no feature consistency (lambda6 = 0)": {"loss.consistency_weight": 0.0},
     # L_fc collapses the maps to one uniform map; without it, L_div keeps K parts apart.
-    "no feature consistency, part diversity 1": {
+    "no feature consistency + part diversity 1": {
         "loss.consistency_weight": 0.0,
         "loss.part_diversity_weight": 1.0,
     },
