@@ -66,7 +66,8 @@ ABLATIONS["diagnostics"] = {
     "no keypoint branch (parts from ID losses only)": {"model.keypoints": "none"},
     "no segmentation branch (global feature only)": {"model.segmentation": False},
     "no feature consistency (lambda6 = 0)": {"loss.consistency_weight": 0.0},
-    # L_fc collapses the maps to one uniform map; without it, L_div keeps K parts apart.
+    # With L_fc the maps stay uniform even with L_div; without L_fc, L_div moves them off the
+    # uniform map but puts each image on one part (README, MAT results).
     "no feature consistency + part diversity 1": {
         "loss.consistency_weight": 0.0,
         "loss.part_diversity_weight": 1.0,
@@ -142,9 +143,9 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     loss.part_triplet_weight = 1.0  # lambda4
     loss.equivariance_weight = 10.0  # lambda5
     loss.consistency_weight = 5.0  # lambda6
-    # Not in the paper: weight of L_div = -I(pixel; part) + log K (losses/mat.py), which keeps
+    # Not in the paper: weight of L_div = -I(pixel; part) + log K (losses/mat.py), which pushes
     # the K+1 segmentation maps apart; 0 = the paper's Eq. 9, whose L_fc and part ID losses are
-    # all satisfied by one uniform map on every image.
+    # all satisfied by one uniform map on every image. An experiment, not a fix: see the README.
     loss.part_diversity_weight = 0.0
     loss.tps_sigma_affine = 0.05  # FOMM's random warp for L_eq
     loss.tps_sigma_tps = 0.005  # FOMM

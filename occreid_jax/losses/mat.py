@@ -20,7 +20,8 @@ The whole objective (Eq. 9, with the ID and triplet terms) is `objectives.mat_ob
   the same uniform map on every image, and the ID losses on part features are as happy with
   K copies of the global feature: nothing in Eq. 9 keeps the K+1 maps apart (co-part
   segmentation's reconstruction loss did, and MAT dropped it). On the synthetic benchmark
-  every run without it ended at uniform maps (mean max probability 1/(K+1)).
+  every run of Eq. 9 ends at uniform maps (mean max probability 1/(K+1)). L_div does not
+  change that while L_fc is on; without L_fc it is gamed (each image all one part).
 
 Pure functions of arrays; the motion geometry comes from `occreid_jax.motion`.
 """
@@ -128,7 +129,9 @@ def part_diversity_loss(segmentation: jax.Array) -> jax.Array:
     batch's foreground mass (high when every part is used). The background's share is left
     free. Uniform maps give log K + log(K+1) - log K = log(K+1); the minimum, 0, is reached by
     hard assignments that use every part equally often. Batch-level usage (not per image)
-    lets a part be absent from an occluded image.
+    lets a part be absent from an occluded image, but also lets every pixel of an image take
+    one part, a different one per image: the minimum without any spatial parts, which
+    training on the synthetic benchmark found.
 
     Args:
       segmentation: [B, h, w, K+1] part distributions (channel 0 background).
