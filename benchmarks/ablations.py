@@ -28,6 +28,7 @@ import time
 import numpy as np
 from absl import app, flags
 
+from occreid_jax.config_files import load_config_file
 from occreid_jax.errors import UserError
 
 _CONFIG = flags.DEFINE_string(
@@ -42,18 +43,9 @@ _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "print the table, train n
 _QUERY_ROW = flags.DEFINE_string("query_set", "occluded queries", "evaluation row reported")
 
 
-def _load_module(path: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ablation_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _load_ablations(config_arg: str) -> dict:
     path = config_arg.split(":")[0]
-    module = _load_module(path)
+    module = load_config_file(path)
     if not hasattr(module, "ABLATIONS"):
         raise UserError(f"{path} defines no ABLATIONS table")
     return module.ABLATIONS
@@ -104,7 +96,7 @@ def _evaluate_only(table: str, label: str, overrides: dict, seed: int, source: t
     from occreid_jax import experiment
 
     config_path, _, variant = _CONFIG.value.partition(":")
-    config = _load_module(config_path).get_config(variant)
+    config = load_config_file(config_path).get_config(variant)
     config.seed = seed
     trained_overrides = _load_ablations(_CONFIG.value)[source[0]][source[1]]
     flat = {**trained_overrides, **overrides}
@@ -167,7 +159,7 @@ def main(argv):
         wanted = _ROWS.value.split(",")
         rows = {label: rows[label] for label in wanted}
     seeds = [int(s) for s in _SEEDS.value.split(",")]
-    eval_only = getattr(_load_module(_CONFIG.value.split(":")[0]), "EVAL_ONLY", {})
+    eval_only = getattr(load_config_file(_CONFIG.value.split(":")[0]), "EVAL_ONLY", {})
     if not _REPORT_ONLY.value:
         for seed in seeds:  # every row once before any second seed: an early table is usable
             for label, overrides in rows.items():

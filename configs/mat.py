@@ -22,22 +22,15 @@ diagnostic and test-time rows) relative to the `synthetic` variant, for
 `python -m benchmarks.ablations --config=configs/mat.py:synthetic --table=table1`.
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
+from occreid_jax.config_files import load_config_file
 
-def _baseline_module():
-    """configs/baseline.py, loaded by path (config files are not a package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "baseline.py")
-    spec = importlib.util.spec_from_file_location("occreid_configs_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_BASELINE = _baseline_module()
+_BASELINE = load_config_file(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "baseline.py")
+)
 VARIANTS = _BASELINE.VARIANTS
 
 # Overrides of each ablation row relative to get_config("synthetic"), as dotted config keys.

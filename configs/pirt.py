@@ -32,22 +32,14 @@ partial_ilids (trained on Market-1501, the cross-dataset protocol). 256 x 128 al
 --config.data.image_size='(256, 128)'.
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
+from occreid_jax.config_files import load_config_file
 
-def _load_baseline():
-    """configs/baseline.py, found next to this file (works from any working directory)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "baseline.py")
-    spec = importlib.util.spec_from_file_location("occreid_configs_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-baseline = _load_baseline()
+# configs/baseline.py, found next to this file (works from any working directory).
+baseline = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "baseline.py"))
 
 
 def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from occreid_jax import experiment
+from occreid_jax.config_files import load_config_file
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation import evaluate_distance_blocks
 from occreid_jax.evaluation.pirt_matching import pirt_distance
@@ -12,12 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def _config(data_dir):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pirt_config", "configs/pirt.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("synthetic")
+    config = load_config_file("configs/pirt.py").get_config("synthetic")
     config.data.builder_config = "tiny"
     config.data.data_dir = data_dir
     config.data.image_size = (64, 32)

@@ -1,0 +1,26 @@
+"""Config files (`configs/*.py`) loaded by path.
+
+The config files are scripts that `ml_collections.config_flags` loads by path, not a package;
+a config that builds on another (configs/pirt.py and configs/mat.py on configs/baseline.py),
+the ablation runner and tests load them the same way through `load_config_file`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from types import ModuleType
+
+
+def load_config_file(path: str) -> ModuleType:
+    """Executes the Python file at `path` and returns it as a module (not put in sys.modules).
+
+    Args:
+      path: a config file, e.g. "configs/pirt.py" (relative to the working directory) or an
+        absolute path.
+    """
+    name = "occreid_config_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
