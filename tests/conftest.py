@@ -4,7 +4,10 @@
 * `jax_disable_most_optimizations` (as flax's tests): the tiny models compile in about half
   the time. No test asserts a speed, and every comparison is either between two computations
   compiled the same way or within a tolerance that XLA's fusion choices do not reach.
-  Subprocesses started by tests inherit it through JAX_DISABLE_MOST_OPTIMIZATIONS.
+  Subprocesses started by tests inherit it through JAX_DISABLE_MOST_OPTIMIZATIONS. Tests
+  marked `full_xla` compile with every optimisation: on jax 0.10 (CPU) the unoptimised
+  compile of Pirt's pose-guided train step returns NaN gradients where the optimised one
+  (and the same computation without jit) returns finite ones.
 * `tiny_data_dir`: the "tiny" synthetic build, made once per session.
 * `tiny_config(model)`: `configs/<model>.py:synthetic,size=tiny` reading that build.
 """
@@ -24,6 +27,20 @@ jax.config.update(
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _xla_optimizations(request):
+    """Full XLA optimisations for tests marked `full_xla` (see the module docstring)."""
+    if request.node.get_closest_marker("full_xla") is None:
+        yield
+        return
+    before = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
+from helpers import make_optimizer
 
-from occreid_jax import families, optim
+from occreid_jax import families
 from occreid_jax.errors import UserError
 from occreid_jax.losses.objectives import MatLossConfig, mat_objective
 from occreid_jax.nets.mat import COCO_GROUPS, group_heatmaps
@@ -181,12 +181,10 @@ def test_a_train_step_reaches_every_parameter():
     non-zero somewhere.
     """
     model = families.build_model("mat", num_classes=4, bn_axis_name="batch", **TINY)
-    cfg = ml_collections.ConfigDict(
-        dict(optimizer="sgd", lr=0.1, weight_decay=0.0, momentum=0.9, adam_betas=(0.9, 0.999),
-             schedule="warmup_multistep", warmup_epochs=0, warmup_factor=1.0, epochs=1,
-             milestones=(10,), gamma=0.1)
+    tx = make_optimizer(
+        1, optimizer="sgd", lr=0.1, weight_decay=0.0, schedule="warmup_multistep",
+        warmup_epochs=0, warmup_factor=1.0, epochs=1, milestones=(10,),
     )  # fmt: skip
-    tx = optim.make_optimizer(cfg, optim.make_schedule(cfg, 1))
     state = create_train_state(model, tx, jax.random.PRNGKey(0), IMAGE)
     loss_cfg = MatLossConfig(triplet_metric="sqeuclidean", label_smoothing=0.0, group_size=4)
     step = parallel_train_step(

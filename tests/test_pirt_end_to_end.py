@@ -8,7 +8,7 @@ from occreid_jax.errors import UserError
 from occreid_jax.evaluation import evaluate_distance_blocks
 from occreid_jax.evaluation.pirt_matching import pirt_distance
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.full_xla]
 
 
 def test_pirt_trains_evaluates_exports_and_extracts_with_its_own_matching(tiny_config, tmp_path):

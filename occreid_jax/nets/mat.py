@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 from occreid_jax import motion
 from occreid_jax.errors import UserError
-from occreid_jax.nets.baseline import bnneck, classifier_init
+from occreid_jax.nets.baseline import backbone_features, bnneck, classifier, classifier_init
 from occreid_jax.nets.resnet import get_backbone
 from occreid_jax.nets.transformer import DecoderLayer, EncoderLayer, sine_position_embedding
 
@@ -240,12 +240,7 @@ class Mat(nn.Module):
 
     def _encode(self, x: jax.Array, train: bool) -> tuple[jax.Array, tuple[int, int]]:
         """Backbone, projection with positions and encoder: (tokens [B, h*w, d], (h, w))."""
-        fmap = get_backbone(self.backbone)(
-            last_stride=self.last_stride,
-            dtype=self.dtype,
-            bn_axis_name=self.bn_axis_name,
-            name="backbone",
-        )(x, train)
+        fmap = backbone_features(self, x, train)
         height, width = fmap.shape[1:3]
         tokens = self._tokens(fmap)
         for i in range(self.encoder_layers):
@@ -328,13 +323,7 @@ class Mat(nn.Module):
         }
         out = {"global": self._bnneck(global_feat, train, "bottleneck")}
         if self.num_classes:
-            aux["logits"] = nn.Dense(
-                self.num_classes,
-                use_bias=False,
-                dtype=jnp.float32,
-                kernel_init=classifier_init,
-                name="classifier",
-            )(out["global"])
+            aux["logits"] = classifier(self.num_classes, "classifier")(out["global"])
         return out, aux
 
     def _parts(self, features, segment_emb, size, train: bool) -> tuple[dict, dict]:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from occreid_jax.errors import UserError
-from occreid_jax.nets.baseline import bnneck, classifier_init
+from occreid_jax.nets.baseline import backbone_features, bnneck, classifier
 from occreid_jax.nets.pirt_parts import (
     JOINT_GROUPS,
     ConfidenceScore,
@@ -119,13 +119,7 @@ class Pirt(nn.Module):
             aux["logits"]: {"stripe", "patch", "part0".."part2"} -> [B, num_classes].
             aux["parts"]: [B, 3, C] the same confidence-weighted part features (triplet input).
         """
-        fmap = get_backbone(self.backbone)(
-            last_stride=self.last_stride,
-            dtype=self.dtype,
-            bn_axis_name=self.bn_axis_name,
-            name="backbone",
-        )(x, train)
-        fmap = fmap.astype(jnp.float32)
+        fmap = backbone_features(self, x, train).astype(jnp.float32)
         guide = self._pose_guidance(heatmaps, fmap.shape[1:3])
         if self.use_intra:
             human_mask = guide["human_mask"] if guide is not None else jnp.ones_like(fmap[..., :1])
@@ -176,13 +170,7 @@ class Pirt(nn.Module):
         """Bias-free linear classifier on a BNNeck output (None without classes)."""
         if self.num_classes == 0:
             return None
-        return nn.Dense(
-            self.num_classes,
-            use_bias=False,
-            dtype=jnp.float32,
-            kernel_init=classifier_init,
-            name=name,
-        )(feat)
+        return classifier(self.num_classes, name)(feat)
 
     def _global_features(self, fmap, relate, train: bool) -> tuple[dict, dict]:
         """Stripe and patch features after their BNNeck, and their logits."""
