@@ -23,32 +23,35 @@ def _unit(x):
 
 
 def _distances(probes, cands, cand_sq, metric: str):
-    """[R, N] cosine (1 - cos) or squared Euclidean distances, `FeatureDistance`'s formulas;
-    cand_sq: [N] squared norms of the candidates."""
+    """[R, N] distances, candidates in the query role as `set_pairs.FeatureSetPairs` takes them.
+
+    cands: [N, D] unit candidates (cosine) or the candidates (euclidean); cand_sq: [N] their
+    squared norms (euclidean).
+    """
+    probe_sq = jnp.sum(probes * probes, axis=1, keepdims=True)
     if metric == "cosine":
-        scale = 1.0 / jnp.maximum(jnp.sqrt(cand_sq), 1e-12)
-        return 1.0 - jnp.matmul(_unit(probes), cands.T, precision=HIGHEST) * scale
-    d = jnp.matmul(probes * -2.0, cands.T, precision=HIGHEST) + cand_sq
-    return jnp.maximum(d + jnp.sum(probes * probes, axis=1, keepdims=True), 0.0)
+        scale = 1.0 / jnp.maximum(jnp.sqrt(probe_sq), 1e-12)
+        return 1.0 - jnp.matmul(probes, cands.T, precision=HIGHEST) * scale
+    d = jnp.matmul(probes * -2.0, cands.T, precision=HIGHEST) + probe_sq  # -2: exact scaling
+    return jnp.maximum(d + cand_sq, 0.0)
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "k", "num_real"))
 def _rerank_tile(probes, cands, cand_sq, *, metric, k, num_real):
-    """(k nearest [R, k] by d / row max, row max [R], any NaN) for one block of probes."""
+    """(k nearest [R, k] by d = M / row max, their M, row max [R], NaN per row) for a block."""
     d = _distances(probes, cands, cand_sq, metric)
     real = jnp.arange(d.shape[1]) < num_real
     row_max = jnp.max(jnp.where(real, d, -jnp.inf), axis=1)
     nan = jnp.isnan(jnp.where(real, d, 0.0)).any(axis=1)
-    d = jnp.where(real, d / row_max[:, None], jnp.inf)
-    _, idx = jax.lax.top_k(-d, k)
-    return idx, row_max, nan
+    _, idx = jax.lax.top_k(-jnp.where(real, d / row_max[:, None], jnp.inf), k)
+    return idx, jnp.take_along_axis(d, idx, axis=1), row_max, nan
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_real"))
 def _similar_tile(probes, cands, cand_sq, *, k, num_real):
     """(k most cosine-similar [R, k], their similarities [R, k]) for one block of probes."""
-    scale = 1.0 / jnp.maximum(jnp.sqrt(cand_sq), 1e-12)
-    sim = jnp.matmul(_unit(probes), cands.T, precision=HIGHEST) * scale
+    del cand_sq  # the candidates are unit vectors
+    sim = jnp.matmul(_unit(probes), cands.T, precision=HIGHEST)
     sim = jnp.where(jnp.arange(sim.shape[1]) < num_real, sim, -jnp.inf)
     vals, idx = jax.lax.top_k(sim, k)
     return idx, vals
@@ -76,6 +79,8 @@ class DeviceNeighbours:
         on_device = [jax.device_put(q_feats), jax.device_put(g_feats)]
         self._all = jnp.pad(jnp.concatenate(on_device), ((0, pad), (0, 0)))
         self._sq = jnp.sum(self._all * self._all, axis=1)
+        if metric == "cosine":  # (the cosine similarity of AQE uses unit candidates too)
+            self._all = _unit(self._all)
         self._gallery = self._all[self.num_query : self.num_images]
         self._g_sq = self._sq[self.num_query : self.num_images]
 
@@ -85,9 +90,9 @@ class DeviceNeighbours:
         x = self.q[rows] if rows.start < q else self.g[rows.start - q : rows.stop - q]
         return np.pad(x, ((0, -x.shape[0] % self.rows), (0, 0)))
 
-    def rerank_rows(self, rows: slice, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(neighbours [R, k] int64 by d = M / row max, row max [R] float32) of a probe block."""
-        idx, row_max, nan = jax.device_get(
+    def rerank_rows(self, rows: slice, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(neighbours [R, k] int64 by d = M / row max, their d [R, k], row max [R] float32)."""
+        idx, near_m, row_max, nan = jax.device_get(
             _rerank_tile(
                 self._probes(rows), self._all, self._sq,
                 metric=self.metric, k=k, num_real=self.num_images,
@@ -96,7 +101,9 @@ class DeviceNeighbours:
         size = rows.stop - rows.start
         if nan[:size].any():
             raise ValueError("the distance matrix contains NaN; check the features")
-        return np.asarray(idx[:size], np.int64), np.asarray(row_max[:size], np.float32)
+        row_max = np.asarray(row_max[:size], np.float32)
+        near_d = np.asarray(near_m[:size], np.float32) / row_max[:, None]  # IEEE, as the host
+        return np.asarray(idx[:size], np.int64), near_d, row_max
 
     def similar_rows(self, rows: slice, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(the k most cosine-similar images [R, k] int64, similarities [R, k] float32)."""

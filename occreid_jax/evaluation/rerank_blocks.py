@@ -89,17 +89,11 @@ class BlockedReRanking:
 
         t0 = time.perf_counter()
         k = min(max(k1 + 1, k2), n)
-        neighbors, self.row_max = self._neighbours(k)
+        neighbors, near_d, self.row_max = self._neighbours(k)
         t1 = time.perf_counter()
         sets = kreciprocal.expanded_sets(neighbors, k1)
-        rows = sets.row_ids()
-        dist = pairs.pair_values(rows, sets.indices)
-        if dist is None:
-            dist = self._gathered(sets)
-        dist /= self.row_max[rows]
-        del rows
-        v = kreciprocal.kernel_rows(sets, dist)
-        del sets, dist
+        v = kreciprocal.kernel_rows(sets, self._set_distances(sets, neighbors, near_d))
+        del sets, near_d
         v = kreciprocal.local_query_expansion(v, neighbors, k2, self.chunk_entries)
         del neighbors
         self.jaccard = kreciprocal.JaccardBlocks(v, num_q, self.chunk_entries)
@@ -119,37 +113,58 @@ class BlockedReRanking:
             disable=not self.progress,
         )  # fmt: skip
 
-    def _neighbours(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Pass 1: ([N, k] int64 nearest by d, ties by index; [N] float32 row maxima of M)."""
+    def _neighbours(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pass 1: [N, k] int64 nearest by d (ties by index), [N, k] float32 their d, and
+        [N] float32 row maxima of M."""
         n = self.pairs.num_images
-        neighbors = np.empty((n, k), np.int64)
+        neighbors, near_d = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
         row_max = np.empty(n, np.float32)
         with self._bar("re-ranking: neighbours") as bar:
             for rows in self._slices():
                 if self._device is not None:
-                    neighbors[rows], row_max[rows] = self._device.rerank_rows(rows, k)
+                    found = self._device.rerank_rows(rows, k)
                 else:
-                    neighbors[rows], row_max[rows] = _nearest(*self.pairs.block(rows), k)
+                    found = _nearest(*self.pairs.block(rows), k)
+                neighbors[rows], near_d[rows], row_max[rows] = found
                 bar.update(rows.stop - rows.start)
-        return neighbors, row_max
+        return neighbors, near_d, row_max
 
-    def _gathered(self, sets: kreciprocal.SparseRows) -> np.ndarray:
-        """[E] float32 M values of the entries of `sets`, from a second pass over the blocks."""
-        out = np.empty(sets.indices.shape[0], np.float32)
+    def _set_distances(
+        self, sets: kreciprocal.SparseRows, neighbors: np.ndarray, near_d: np.ndarray
+    ) -> np.ndarray:
+        """[E] float32 d[i, j] of the entries of `sets`: from the neighbour lists when j is
+        there (most entries), else computed pair by pair or read in a second pass."""
+        rows = sets.row_ids()
+        out = np.empty(rows.shape[0], np.float32)
+        missing = []
+        step = 1 << 16
+        for s in range(0, rows.shape[0], step):
+            r, c = rows[s : s + step], sets.indices[s : s + step]
+            hit = neighbors[r] == c[:, None]  # [e, k], at most one True per entry
+            found = hit.any(axis=1)
+            out[s : s + step][found] = near_d[r[found], hit[found].argmax(axis=1)]
+            missing.append(s + np.flatnonzero(~found))
+        missing = np.concatenate(missing)
+        values = self.pairs.pair_values(rows[missing], sets.indices[missing])
+        if values is None:
+            values = self._gathered(rows[missing], sets.indices[missing])
+        out[missing] = values / self.row_max[rows[missing]]
+        return out
+
+    def _gathered(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """[E] float32 M[rows, cols] (rows non-decreasing) from a second pass over the blocks."""
+        out = np.empty(rows.shape[0], np.float32)
         num_q = self.pairs.num_query
         with self._bar("re-ranking: values") as bar:
-            for rows in self._slices():
-                a, b = sets.indptr[rows.start], sets.indptr[rows.stop]
-                counts = np.diff(sets.indptr[rows.start : rows.stop + 1])
-                local = np.repeat(np.arange(rows.stop - rows.start), counts)
-                cols = sets.indices[a:b]
-                to_q, to_g = self.pairs.block(rows)
-                in_q = cols < num_q
-                vals = np.empty(b - a, np.float32)
-                vals[in_q] = to_q[local[in_q], cols[in_q]]
-                vals[~in_q] = to_g[local[~in_q], cols[~in_q] - num_q]
-                out[a:b] = vals
-                bar.update(rows.stop - rows.start)
+            for block in self._slices():
+                a, b = np.searchsorted(rows, [block.start, block.stop])
+                if b > a:
+                    to_q, to_g = self.pairs.block(block)
+                    r, c = rows[a:b] - block.start, cols[a:b]
+                    in_q = c < num_q
+                    out[a:b][in_q] = to_q[r[in_q], c[in_q]]
+                    out[a:b][~in_q] = to_g[r[~in_q], c[~in_q] - num_q]
+                bar.update(block.stop - block.start)
         return out
 
     def _to_gallery(self, rows: slice) -> np.ndarray:
@@ -168,7 +183,9 @@ class BlockedReRanking:
         return out
 
 
-def _nearest(to_q: np.ndarray, to_g: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _nearest(
+    to_q: np.ndarray, to_g: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The k nearest of rows [to_q | to_g] after dividing each row by its maximum.
 
     Args:
@@ -177,11 +194,11 @@ def _nearest(to_q: np.ndarray, to_g: np.ndarray, k: int) -> tuple[np.ndarray, np
         k: neighbours per row, <= Q + G.
 
     Returns:
-        [R, k] int64 columns by (d, column), and [R] float32 row maxima.
+        [R, k] int64 columns by (d, column), [R, k] float32 their d, [R] float32 row maxima.
     """
     row_max = np.maximum(to_q.max(axis=1), to_g.max(axis=1))
     if np.isnan(row_max).any():  # the maximum of a row with a NaN is NaN
         raise ValueError("the distance matrix contains NaN; check the features / distance function")
     to_q /= row_max[:, None]
     to_g /= row_max[:, None]
-    return kreciprocal.smallest_k_of_parts([to_q, to_g], k)[0], row_max
+    return (*kreciprocal.smallest_k_of_parts([to_q, to_g], k), row_max)

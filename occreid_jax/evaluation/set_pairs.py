@@ -9,7 +9,8 @@ against the gallery, by the distance that ranks the gallery:
 
 so M[q, Q:] is exactly the evaluation's own query-gallery distance. Two kinds of distance:
 
-* `FeatureSetPairs`: cosine or squared Euclidean distances of global features (symmetric).
+* `FeatureSetPairs`: cosine or squared Euclidean distances of global features (symmetric up
+  to float rounding; computed as the dense reference reads them).
 * `RuleSetPairs`: a model's own matching rule, written for query x gallery, applied as written
   to the four (probe set, candidate set) pairs: the probe plays the query's part and the
   candidate set the gallery's (our choice; the papers re-rank no such rule). For Pirt, each
@@ -80,7 +81,12 @@ class SetPairs:
 
 
 class FeatureSetPairs(SetPairs):
-    """Cosine or squared Euclidean distances of [Q, D] and [G, D] features (no copy of them).
+    """Cosine or squared Euclidean distances of [Q, D] and [G, D] features.
+
+    Row a of M is column a of `pairwise_distance(X, X)` (X: queries then gallery), the values
+    `rerank.k_reciprocal_rerank` reads for image a, bit for bit: the candidates take the
+    query's role in the formulas of `FeatureDistance` (for cosine, a unit-norm copy of all
+    features: memory of the features once more; euclidean makes no copy).
 
     Args:
         q_feats: [Q, D] query features.
@@ -89,48 +95,86 @@ class FeatureSetPairs(SetPairs):
     """
 
     def __init__(self, q_feats: Any, g_feats: Any, metric: str = "cosine"):
-        to_gallery = FeatureDistance(q_feats, g_feats, metric)
+        to_gallery = FeatureDistance(q_feats, g_feats, metric)  # checks shapes and metric
         super().__init__(*to_gallery.shape)
         self.metric = metric
         self.q, self.g = to_gallery.q, to_gallery.g
-        self._dist = {
-            ("q", "q"): FeatureDistance(self.q, self.q, metric),
-            ("q", "g"): to_gallery,
-            ("g", "q"): FeatureDistance(self.g, self.q, metric),
-            ("g", "g"): FeatureDistance(self.g, self.g, metric),
-        }
+        # Per image: 1/|x| (cosine) or |x|^2 (euclidean), as `FeatureDistance` computes them.
+        sq = [np.einsum("nd,nd->n", x, x, dtype=np.float64) for x in (self.q, self.g)]
+        if metric == "cosine":
+            sq = [1.0 / np.maximum(np.sqrt(v), 1e-12) for v in sq]
+            self.cands = [_unit_rows(self.q), _unit_rows(self.g)]
+        else:
+            self.cands = [self.q, self.g]
+        self.terms = np.concatenate(sq).astype(np.float32)  # [N]
 
-    def query_gallery(self, rows: slice) -> np.ndarray:
-        return self._dist[("q", "g")](rows)
+    def _features(self, rows: slice) -> np.ndarray:
+        """[R, D] features of a slice of one set (global indices)."""
+        side, local = self._side(rows)
+        return (self.q if side == "q" else self.g)[local]
+
+    def _products(self, rows: slice, sides: tuple[int, ...]) -> list[np.ndarray]:
+        """M[rows, set] for each candidate set in `sides` (0: queries, 1: gallery)."""
+        probes = self._features(rows)
+        if probes.shape[0] == 1:  # a matrix-vector product would sum in another order
+            probes = np.concatenate([probes, probes])
+        if self.metric == "euclidean":
+            probes = probes * np.float32(-2.0)  # exact scaling
+        terms = self.terms[rows, None]
+        out = []
+        for side in sides:
+            d = (probes @ self.cands[side].T)[: rows.stop - rows.start]
+            if self.metric == "cosine":
+                d *= terms
+                np.subtract(np.float32(1.0), d, out=d)
+            else:
+                d += terms
+                d += self.terms[: self.num_query] if side == 0 else self.terms[self.num_query :]
+                np.maximum(d, np.float32(0.0), out=d)
+            out.append(d)
+        return out
 
     def block(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
-        side, local = self._side(rows)
-        return self._dist[(side, "q")](local), self._dist[(side, "g")](local)
+        to_q, to_g = self._products(rows, (0, 1))
+        return to_q, to_g
 
-    def rows_of(self, index: np.ndarray) -> np.ndarray:
-        """[E, D] features of images `index` (global indices, queries first)."""
-        out = np.empty((index.shape[0], self.q.shape[1]), np.float32)
-        in_q = index < self.num_query
-        out[in_q] = self.q[index[in_q]]
-        out[~in_q] = self.g[index[~in_q] - self.num_query]
-        return out
+    def query_gallery(self, rows: slice) -> np.ndarray:
+        return self._products(rows, (1,))[0]
 
-    def pair_values(self, rows: np.ndarray, cols: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
-        """M[rows, cols], the formulas of `FeatureDistance` one pair at a time (float32)."""
+    def pair_values(self, rows: np.ndarray, cols: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
+        """M[rows, cols] by the formulas of `block`, one pair at a time (float32; the sums
+        may round differently from the matrix products')."""
         out = np.empty(rows.shape[0], np.float32)
         for s in range(0, rows.shape[0], chunk):
-            a, b = self.rows_of(rows[s : s + chunk]), self.rows_of(cols[s : s + chunk])
+            a, b = rows[s : s + chunk], cols[s : s + chunk]
+            d = np.einsum("ed,ed->e", _take(self.q, self.g, a), _take(*self.cands, b))
             if self.metric == "cosine":
-                b_norm = np.sqrt(np.einsum("ed,ed->e", b, b, dtype=np.float64))
-                d = np.einsum("ed,ed->e", l2_normalize(a), b)
-                d *= (1.0 / np.maximum(b_norm, 1e-12)).astype(np.float32)
+                d *= self.terms[a]
                 out[s : s + chunk] = np.float32(1.0) - d
             else:
-                d = np.einsum("ed,ed->e", a * np.float32(-2.0), b)
-                d += np.einsum("ed,ed->e", b, b, dtype=np.float64).astype(np.float32)
-                d += np.einsum("ed,ed->e", a, a, dtype=np.float64).astype(np.float32)
+                d *= np.float32(-2.0)
+                d += self.terms[a]
+                d += self.terms[b]
                 out[s : s + chunk] = np.maximum(d, np.float32(0.0))
         return out
+
+
+def _unit_rows(x: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """`l2_normalize(x)` row block by row block (bounded temporaries)."""
+    out = np.empty_like(x)
+    for s in range(0, x.shape[0], chunk):
+        out[s : s + chunk] = l2_normalize(x[s : s + chunk])
+    return out
+
+
+def _take(q: np.ndarray, g: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """[E, D] rows `index` of the stacked [q; g] (no stacked copy)."""
+    out = np.empty((index.shape[0], q.shape[1]), q.dtype)
+    in_q = np.flatnonzero(index < q.shape[0])
+    in_g = np.flatnonzero(index >= q.shape[0])
+    out[in_q] = np.take(q, index[in_q], axis=0)
+    out[in_g] = np.take(g, index[in_g] - q.shape[0], axis=0)
+    return out
 
 
 class RuleSetPairs(SetPairs):
