@@ -111,7 +111,9 @@ def _reciprocal_mask(neighbors: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return (neighbors[fwd] == rows[:, None, None]).any(axis=2)
 
 
-def expanded_sets(neighbors: np.ndarray, k1: int, chunk: int = 256) -> SparseRows:
+def expanded_sets(
+    neighbors: np.ndarray, k1: int, chunk_entries: int = DEFAULT_CHUNK_ENTRIES
+) -> SparseRows:
     """Step 2: the expanded k-reciprocal set of every row (a pattern, no values).
 
     R(i) = {j in N(i, k1) : i in N(j, k1)}, N(i, k) the first k + 1 neighbours (i itself
@@ -122,7 +124,8 @@ def expanded_sets(neighbors: np.ndarray, k1: int, chunk: int = 256) -> SparseRow
         neighbors: [N, K] nearest neighbours of every row, nearest first (K >= k1 + 1 unless N
             is smaller).
         k1: the k1 parameter.
-        chunk: rows handled at once.
+        chunk_entries: bounds the temporaries (~3 bytes per entry): rows at once times
+            (k1 + 1)^2 (k1 / 2 + 1).
 
     Returns:
         The sets as `SparseRows` with `data=None`.
@@ -135,6 +138,7 @@ def expanded_sets(neighbors: np.ndarray, k1: int, chunk: int = 256) -> SparseRow
     )  # [N, Kh]
     half_len = half_recip.sum(axis=1)
     sentinel = n
+    chunk = max(1, chunk_entries // (full.shape[1] ** 2 * half.shape[1]))
     counts, cols = [], []
     for s in range(0, n, chunk):
         rows = np.arange(s, min(s + chunk, n))

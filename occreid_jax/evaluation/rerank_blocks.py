@@ -76,9 +76,10 @@ class BlockedReRanking:
         budget = int((memory_mib or DEFAULT_MEMORY_MIB) * 2**20)
         if budget <= 0:
             raise ValueError(f"the memory budget must be positive, got {memory_mib} MiB")
+        # Half the budget for blocks of rows, half for chunks of the sparse steps.
         per_row = max(pairs.bytes_per_distance * n, FINAL_BYTES_PER_DISTANCE * num_g)
-        self.block_rows = int(block_rows or max(1, budget // per_row))
-        self.chunk_entries = max(1024, budget // BYTES_PER_ENTRY)
+        self.block_rows = int(block_rows or max(1, budget // (2 * per_row)))
+        self.chunk_entries = max(1024, budget // (2 * BYTES_PER_ENTRY))
         self.progress = progress
         self.timings = {"neighbours": 0.0, "expansion": 0.0, "jaccard": 0.0}
         self._device = None
@@ -91,7 +92,7 @@ class BlockedReRanking:
         k = min(max(k1 + 1, k2), n)
         neighbors, near_d, self.row_max = self._neighbours(k)
         t1 = time.perf_counter()
-        sets = kreciprocal.expanded_sets(neighbors, k1)
+        sets = kreciprocal.expanded_sets(neighbors, k1, self.chunk_entries)
         v = kreciprocal.kernel_rows(sets, self._set_distances(sets, neighbors, near_d))
         del sets, near_d
         v = kreciprocal.local_query_expansion(v, neighbors, k2, self.chunk_entries)
@@ -137,7 +138,7 @@ class BlockedReRanking:
         rows = sets.row_ids()
         out = np.empty(rows.shape[0], np.float32)
         missing = []
-        step = 1 << 16
+        step = max(1, self.chunk_entries // neighbors.shape[1])
         for s in range(0, rows.shape[0], step):
             r, c = rows[s : s + step], sets.indices[s : s + step]
             hit = neighbors[r] == c[:, None]  # [e, k], at most one True per entry
@@ -145,7 +146,9 @@ class BlockedReRanking:
             out[s : s + step][found] = near_d[r[found], hit[found].argmax(axis=1)]
             missing.append(s + np.flatnonzero(~found))
         missing = np.concatenate(missing)
-        values = self.pairs.pair_values(rows[missing], sets.indices[missing])
+        values = self.pairs.pair_values(
+            rows[missing], sets.indices[missing], self.chunk_entries * BYTES_PER_ENTRY
+        )
         if values is None:
             values = self._gathered(rows[missing], sets.indices[missing])
         out[missing] = values / self.row_max[rows[missing]]

@@ -75,7 +75,9 @@ class SetPairs:
         """[R, G] M[rows, Q:] for a slice of queries: the evaluation's own distances."""
         raise NotImplementedError
 
-    def pair_values(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
+    def pair_values(
+        self, rows: np.ndarray, cols: np.ndarray, memory_bytes: int = 1 << 24
+    ) -> np.ndarray | None:
         """[E] float32 M[rows, cols] for scattered pairs, or None: read them from `block`."""
         return None
 
@@ -141,10 +143,13 @@ class FeatureSetPairs(SetPairs):
     def query_gallery(self, rows: slice) -> np.ndarray:
         return self._products(rows, (1,))[0]
 
-    def pair_values(self, rows: np.ndarray, cols: np.ndarray, chunk: int = 1 << 14) -> np.ndarray:
+    def pair_values(
+        self, rows: np.ndarray, cols: np.ndarray, memory_bytes: int = 1 << 24
+    ) -> np.ndarray:
         """M[rows, cols] by the formulas of `block`, one pair at a time (float32; the sums
-        may round differently from the matrix products')."""
+        may round differently from the matrix products'), gathering `memory_bytes` at once."""
         out = np.empty(rows.shape[0], np.float32)
+        chunk = max(1, memory_bytes // (12 * self.q.shape[1]))  # two gathers and a product
         for s in range(0, rows.shape[0], chunk):
             a, b = rows[s : s + chunk], cols[s : s + chunk]
             d = np.einsum("ed,ed->e", _take(self.q, self.g, a), _take(*self.cands, b))
