@@ -23,11 +23,13 @@ Differences from the reference code, none of which changes a result beyond float
 * Nearest neighbours break distance ties by index (a stable order); the reference uses the
   unstable default `np.argsort`, whose tie order is unspecified.
 * V is kept sparse (rows of at most a few hundred entries) instead of a dense N x N matrix,
-  and only the N x (k1 + 1) neighbour lists are stored, never a full argsort.
+  and only the N x (k1 + 1) neighbour lists are stored, never a full argsort (steps 2-6 are
+  `kreciprocal.py`'s, shared with the blocked version).
 
-Memory: the (Q+G)^2 float32 distance matrix, 4 (Q+G)^2 bytes (Occluded-Duke, 19,871 images:
-1.6 GB; Market-1501: 2.1 GB; MSMT17, 93,820 images: 35 GB, out of reach on most hosts), plus one
-row block at a time. Time is dominated by O((Q+G)^2) passes over that matrix.
+This dense version is the reference the tests hold the evaluation's blocked version
+(`rerank_blocks.py`) to. Memory: the (Q+G)^2 float32 distance matrix, 4 (Q+G)^2 bytes
+(Occluded-Duke, 19,871 images: 1.6 GB; MSMT17, 93,820 images: 35 GB), plus one row block at a
+time.
 """
 
 from __future__ import annotations
