@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import tqdm
 
+from occreid_jax.evaluation.blocks import resolve_backend
 from occreid_jax.evaluation.distances import l2_normalize
 from occreid_jax.evaluation.kreciprocal import smallest_k_of_parts
 from occreid_jax.evaluation.set_pairs import probe_slices
@@ -45,7 +46,7 @@ def average_query_expansion(
     rounds: int = 1,
     memory_mib: float | None = None,
     block_rows: int | None = None,
-    backend: str = "numpy",
+    backend: str = "auto",
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Expanded query and gallery features (module docstring).
@@ -58,7 +59,8 @@ def average_query_expansion(
         rounds: expansion rounds (fast-reid `QE_TIME`, 1).
         memory_mib: working memory of a block of similarities (default 256 MiB).
         block_rows: images per block (overrides the budget).
-        backend: "numpy" or "jax" (similarities and top-k on the default device).
+        backend: "auto" (the accelerator when JAX has one), "numpy" or "jax" (similarities and
+            top-k on the default device).
         progress: a progress bar.
 
     Returns:
@@ -73,6 +75,7 @@ def average_query_expansion(
         raise ValueError(f"the query expansion's k must be in [1, {n}], got {k}")
     budget = int((memory_mib or DEFAULT_MEMORY_MIB) * 2**20)
     step = int(block_rows or max(1, budget // (BYTES_PER_SIMILARITY * n)))
+    backend = resolve_backend(backend)
     for _ in range(rounds):
         neighbours = _top_similar(q, g, k, step, backend)
         new_q, new_g = np.empty_like(q), np.empty_like(g)
