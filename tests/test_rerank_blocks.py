@@ -90,6 +90,15 @@ def test_small_chunks_of_the_sparse_steps_change_nothing():
         np.testing.assert_array_equal(getattr(whole, field), getattr(chunked, field))
 
 
+@pytest.mark.parametrize("decimals", [None, 2, 0])  # continuous, some ties, massive ties
+def test_smallest_k_by_a_sampled_bound_is_a_stable_argsort_prefix(decimals):
+    x = np.random.default_rng(6).random((30, 3000)).astype(np.float32)
+    x = x if decimals is None else np.round(x, decimals)
+    for k in (1, 21, 90):
+        expected = np.argsort(x, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(kreciprocal.smallest_k(x, k), expected)
+
+
 def _expanded(neighbors, k1):
     sets = kreciprocal.expanded_sets(np.asarray(neighbors), k1)
     return [
