@@ -1,10 +1,50 @@
-"""Test setup: two fake CPU devices for every test, so pmap paths run as on a multi-GPU host."""
+"""Test setup: two fake CPU devices, XLA's quick-compile mode, and shared tiny-run fixtures.
+
+* Two CPU devices for every test, so pmap paths run as on a multi-GPU host.
+* `jax_disable_most_optimizations` (as flax's tests): the tiny models compile in about half
+  the time. No test asserts a speed, and every comparison is either between two computations
+  compiled the same way or within a tolerance that XLA's fusion choices do not reach.
+  Subprocesses started by tests inherit it through JAX_DISABLE_MOST_OPTIMIZATIONS.
+* `tiny_data_dir`: the "tiny" synthetic build, made once per session.
+* `tiny_config(model)`: `configs/<model>.py:synthetic,size=tiny` reading that build.
+"""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # also for subprocesses
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Must happen before any JAX computation creates the CPU backend.
 jax.config.update("jax_num_cpu_devices", 2)
+jax.config.update(
+    "jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1"
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> str:
+    """A tfds data_dir holding the "tiny" synthetic build (built once per session)."""
+    from occreid_jax.data import datasets
+
+    path = str(tmp_path_factory.mktemp("tfds_tiny"))
+    datasets.prepare("synthetic", "tiny", path)
+    return path
+
+
+@pytest.fixture
+def tiny_config(tiny_data_dir):
+    """`make(model="baseline")` -> that model's size=tiny synthetic config on the shared build."""
+    from occreid_jax.config_files import load_config_file
+
+    def make(model: str = "baseline"):
+        module = load_config_file(os.path.join(ROOT, "configs", f"{model}.py"))
+        config = module.get_config("synthetic,size=tiny")
+        config.data.data_dir = tiny_data_dir
+        return config
+
+    return make

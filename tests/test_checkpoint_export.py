@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from occreid_jax import export, nets, optim
+from occreid_jax import export, families, optim
 from occreid_jax.checkpointing import Checkpointer
 from occreid_jax.data import IMAGENET_MEAN, IMAGENET_STD
 from occreid_jax.errors import UserError
@@ -40,7 +40,7 @@ def _optimizer():
 
 
 def _fresh_state():
-    model = nets.build_model("baseline", **KWARGS, bn_axis_name="batch")
+    model = families.build_model("baseline", **KWARGS, bn_axis_name="batch")
     return create_train_state(model, _optimizer(), jax.random.PRNGKey(1), IMAGE)
 
 
@@ -92,7 +92,7 @@ def test_export_load_embed_reproduces_the_features(tmp_path):
     state = _fresh_state()
     step = parallel_train_step(functools.partial(baseline_objective, cfg=LossConfig()))
     state, _ = step(state, next(_batches()))  # non-trivial batch stats
-    model = nets.build_model("baseline", **KWARGS)
+    model = families.build_model("baseline", **KWARGS)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     path = export.write(
         str(tmp_path / "bundle"),

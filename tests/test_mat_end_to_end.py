@@ -7,45 +7,33 @@ import cv2
 import numpy as np
 import pytest
 
-from configs import mat
-from occreid_jax import experiment, matching, visualize
+from occreid_jax import experiment, visualize
+from occreid_jax.evaluation import evaluate_distance_blocks, evaluate_features
+from occreid_jax.evaluation.mat_matching import mat_matcher
 
 pytestmark = pytest.mark.slow
 
 
-def _config(data_dir):
-    config = mat.get_config("synthetic")
-    config.model.d_model = 16
-    config.model.num_heads = 2
-    config.model.ffn_dim = 32
-    config.model.encoder_layers = 1
-    config.model.num_parts = 3
-    config.data.builder_config = "tiny"
-    config.data.data_dir = data_dir
-    config.data.image_size = (64, 32)
-    config.data.batch_size = 8  # P=2 x K=4: one identity group per device
-    config.data.eval_batch_size = 16
-    config.train.epochs = 1
-    config.train.steps_per_epoch = 2
-    config.train.warmup_epochs = 0
-    config.train.milestones = (1,)
-    config.train.eval_every_epochs = 1
-    config.train.eval_at_start = False
-    config.train.checkpoint_every_steps = 2
-    config.train.log_every_steps = 1
-    return config
-
-
-def test_train_eval_visualize_export(tmp_path):
-    config = _config(str(tmp_path / "tfds"))
+def test_train_eval_visualize_export(tiny_config, tmp_path):
+    config = tiny_config("mat")
     workdir = str(tmp_path / "run")
     record = experiment.train_and_evaluate(config, workdir)
     assert record["step"] == 2
     for row in ("occluded queries", "holistic queries"):
         assert 0.0 < record["results"][row]["mAP"] <= 1.0
 
-    # Evaluation used MAT's own rule (global + visibility-weighted parts).
-    assert matching.own_rule("mat", {"parts": 0, "visibility": 0}, config.eval) is not None
+    # Evaluation used MAT's own rule (global + visibility-weighted parts): the rule on the
+    # extracted embeddings reproduces the training figure, and differs from global-only.
+    arrays = np.load(experiment.extract(config, workdir))
+    q = {k: arrays[f"query_{k}"] for k in ("global", "parts", "visibility")}
+    g = {k: arrays[f"gallery_{k}"] for k in ("global", "parts", "visibility")}
+    ids = [arrays[f"{s}_{k}"] for k in ("pids",) for s in ("query", "gallery")]
+    ids += [arrays[f"{s}_camids"] for s in ("query", "gallery")]
+    own = evaluate_distance_blocks(mat_matcher(q, g, {"metric": "cosine"}), *ids)
+    occluded = record["results"]["occluded queries"]
+    np.testing.assert_allclose(own["mAP"], occluded["mAP"], rtol=1e-6)
+    global_only = evaluate_features(q["global"], g["global"], *ids, metric="cosine")
+    assert global_only["mAP"] != own["mAP"]
 
     paths = visualize.visualize(config, workdir, num_queries=2)
     assert os.path.basename(paths[-1]) == "sheet.png"

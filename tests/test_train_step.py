@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from occreid_jax import nets, optim
+from occreid_jax import families, optim
 from occreid_jax.losses.objectives import LossConfig, baseline_objective
 from occreid_jax.train import create_train_state, parallel_train_step, train_step
 
@@ -34,7 +34,7 @@ def _setup(num_classes=8, optimizer="adam"):
             gamma=0.1,
         )
     )
-    model = nets.build_model(
+    model = families.build_model(
         "baseline", num_classes=num_classes, backbone="resnet_tiny", bn_axis_name="batch"
     )
     tx = optim.make_optimizer(cfg, optim.make_schedule(cfg, 2))

@@ -11,17 +11,16 @@ The whole objective (Eq. 9, with the ID and triplet terms) is `objectives.mat_ob
   summed over X (Eq. 12), averaged over groups. Eq. 10 is a KL between distributions: the
   per-pixel (K+1)-channel maps of an h x w image hold N = h w units of mass, so each is
   divided by N to make one distribution over (position, part); the KL is then the mean over
-  positions of the per-pixel KL. (Summing the per-pixel KLs instead, N times larger, gave L_fc
-  at weight 5 a backbone gradient ~5000x the ID loss's at the synthetic size and at init, and
-  collapsed the shared encoder features to one image-independent map.)
+  positions of the per-pixel KL. (Summing the per-pixel KLs instead, N times larger, lets L_fc
+  at weight 5 swamp the ID loss's gradient and collapse the shared encoder features to one
+  image-independent map; README, "Where the paper is silent".)
 
 * L_div (not in the paper): `log K + H_pixel - H_usage`, minus the mutual information between
   a pixel and its part (`part_diversity_loss`). L_fc is zero for any segmentation that is
   the same uniform map on every image, and the ID losses on part features are as happy with
   K copies of the global feature: nothing in Eq. 9 keeps the K+1 maps apart (co-part
-  segmentation's reconstruction loss did, and MAT dropped it). On the synthetic benchmark
-  every run of Eq. 9 ends at uniform maps (mean max probability 1/(K+1)). L_div does not
-  change that while L_fc is on; without L_fc it is gamed (each image all one part).
+  segmentation's reconstruction loss did, and MAT dropped it). What L_div does and does not do
+  on the synthetic benchmark is measured in the README's MAT results.
 
 Pure functions of arrays; the motion geometry comes from `occreid_jax.motion`.
 """

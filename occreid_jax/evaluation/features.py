@@ -2,8 +2,8 @@
 
 `extract_features` runs the model over a split (its heatmaps too, for pose-guided models; with
 several processes each embeds its shard and all get every feature); `evaluate_splits` ranks every
-(query, gallery) pair of the evaluated dataset by the model's matching rule (`match_and_rank`).
-Used by every mode of `experiment.py`.
+(query, gallery) pair of the evaluated dataset by the model family's `MatchingRule`
+(`match_and_rank`). Used by every mode of `experiment.py` and by the training loop.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from occreid_jax import distributed, evaluation, matching
+from occreid_jax import distributed
 from occreid_jax.data import datasets, pipeline
 from occreid_jax.data.augment import COCO_FLIP_PERMUTATION
 from occreid_jax.errors import UserError
+from occreid_jax.evaluation.matching import MatchingRule
+from occreid_jax.evaluation.protocol import evaluate_distance_blocks, evaluate_features
 
 
 def _mirror_heatmaps(heatmaps):
@@ -65,7 +67,7 @@ def extract_features(embed_batch, split: datasets.Split, config, desc: str) -> d
     return distributed.gather_rows(features, order[valid], len(split))
 
 
-def evaluate_splits(embed_batch, model_name: str, eval_splits: dict, config) -> dict:
+def evaluate_splits(embed_batch, matching: MatchingRule, eval_splits: dict, config) -> dict:
     """Metrics for every (query, gallery) pair of the dataset, keyed by row name."""
     cache: dict[str, dict] = {}
 
@@ -80,13 +82,13 @@ def evaluate_splits(embed_batch, model_name: str, eval_splits: dict, config) -> 
     for row, (query, gallery) in datasets.eval_sets(eval_dataset(config)).items():
         q, g = eval_splits[query], eval_splits[gallery]
         results[row] = summarize(
-            match_and_rank(model_name, features(query), features(gallery), q, g, config)
+            match_and_rank(matching, features(query), features(gallery), q, g, config)
         )
     return results
 
 
 def match_and_rank(
-    model_name: str,
+    matching: MatchingRule,
     q_features: dict,
     g_features: dict,
     query: datasets.Split,
@@ -94,17 +96,17 @@ def match_and_rank(
     config,
 ) -> dict:
     """Metrics of one query set against one gallery, by the model's own matching rule if it
-    has one (Pirt), else by the distance of its global features."""
-    rule = matching.own_rule(model_name, q_features, config.eval)
+    has one (Pirt, MAT), else by the distance of its global features."""
+    rule = matching.own_distance(q_features, config.eval)
     ids = (query.pids, gallery.pids, query.camids, gallery.camids)
     if rule is not None:
         if config.eval.rerank:
             raise UserError(
-                f"eval.rerank is not available with {model_name}'s own matching rule; "
+                "eval.rerank is not available with the model's own matching rule; "
                 "set --config.eval.rerank=False"
             )
         distance_block = rule(q_features, g_features)
-        return evaluation.evaluate_distance_blocks(
+        return evaluate_distance_blocks(
             distance_block,
             *ids,
             max_rank=config.eval.max_rank,
@@ -112,9 +114,9 @@ def match_and_rank(
             memory_mib=config.eval.memory_mib,
             progress=distributed.is_main_process(),
         )
-    return evaluation.evaluate_features(
-        matching.global_features(model_name, q_features),
-        matching.global_features(model_name, g_features),
+    return evaluate_features(
+        matching.global_feature(q_features),
+        matching.global_feature(g_features),
         *ids,
         metric=config.eval.metric,
         max_rank=config.eval.max_rank,
