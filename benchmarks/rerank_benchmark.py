@@ -33,7 +33,12 @@ import numpy as np
 # Run as a file: make the repository root importable for `benchmarks.*`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.eval_benchmark import DATA_NAMES, make_data, peak_rss_mib  # noqa: E402
+from benchmarks.eval_benchmark import (  # noqa: E402
+    DATA_NAMES,
+    add_data_arguments,
+    make_data,
+    peak_rss_mib,
+)
 from occreid_jax.evaluation import (  # noqa: E402
     FeatureSetPairs,
     evaluate_distance_blocks,
@@ -95,19 +100,9 @@ def child(kind: str, path: str, args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--queries", type=int, default=2210)
-    p.add_argument("--gallery", type=int, default=17661)
-    p.add_argument("--query-ids", type=int, default=519)
-    p.add_argument("--gallery-ids", type=int, default=1110)
-    p.add_argument("--cameras", type=int, default=8)
-    p.add_argument("--dim", type=int, default=2048)
-    p.add_argument("--noise", type=float, default=4.0, help="noise std around identity centres")
-    p.add_argument("--metric", default="cosine", choices=("cosine", "euclidean"))
-    p.add_argument("--memory-mib", type=float, default=256.0)
-    p.add_argument("--backend", default="auto", choices=tiling.BACKENDS)
+    add_data_arguments(p)
     p.add_argument("--repeats", type=int, default=1, help="in-process runs of each, alternating")
     p.add_argument("--no-dense", action="store_true", help="blocked only (MSMT17: 35 GB dense)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     p.add_argument("--data", default="", help=argparse.SUPPRESS)
     args = p.parse_args()

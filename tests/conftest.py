@@ -71,3 +71,20 @@ def dense_rule_rerank():
         return evaluate_rank(final, *ids)
 
     return rerank
+
+
+@pytest.fixture
+def pirt_embeddings():
+    """`make(rng, n, stripe=8, patch=8, parts=3, part_dim=8)` -> random Pirt embeddings of n
+    images (confidences summing to 1)."""
+
+    def make(rng, n, stripe=8, patch=8, parts=3, part_dim=8):
+        conf = rng.random((n, parts)).astype("float32")
+        return {
+            "stripe": rng.normal(size=(n, stripe)).astype("float32"),
+            "patch": rng.normal(size=(n, patch)).astype("float32"),
+            "parts": rng.normal(size=(n, parts, part_dim)).astype("float32"),
+            "confidence": conf / conf.sum(axis=1, keepdims=True),
+        }
+
+    return make

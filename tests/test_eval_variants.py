@@ -29,22 +29,13 @@ def _split(pids, camids):
                  np.array([""] * n))  # fmt: skip
 
 
-def _pirt_features(rng, n):
-    conf = rng.random((n, 3)).astype(np.float32)
-    return {
-        "stripe": rng.normal(size=(n, 6)).astype(np.float32),
-        "patch": rng.normal(size=(n, 5)).astype(np.float32),
-        "parts": rng.normal(size=(n, 3, 4)).astype(np.float32),
-        "confidence": conf / conf.sum(axis=1, keepdims=True),
-    }
-
-
 @pytest.fixture
-def problem():
+def problem(pirt_embeddings):
     rng = np.random.default_rng(0)
     query = _split(rng.integers(0, 4, 10), np.zeros(10, int))
     gallery = _split(rng.integers(0, 4, 30), np.ones(30, int))
-    return _pirt_features(rng, 10), _pirt_features(rng, 30), query, gallery
+    dims = {"stripe": 6, "patch": 5, "part_dim": 4}  # halves of unequal size
+    return pirt_embeddings(rng, 10, **dims), pirt_embeddings(rng, 30, **dims), query, gallery
 
 
 def test_rows_follow_the_flags():

@@ -171,26 +171,17 @@ def _mat_features(rng, n):
     }
 
 
-def _pirt_features(rng, n):
-    conf = rng.random((n, 3)).astype(np.float32)
-    return {
-        "stripe": rng.normal(size=(n, 8)).astype(np.float32),
-        "patch": rng.normal(size=(n, 8)).astype(np.float32),
-        "parts": rng.normal(size=(n, 3, 8)).astype(np.float32),
-        "confidence": conf / conf.sum(axis=1, keepdims=True),
-    }
-
-
 RULES = {
-    "mat": (_mat_features, lambda a, b: mat_matcher(a, b, {"metric": "cosine"})),
-    "pirt": (_pirt_features, lambda a, b: pirt_distance(a, b, {"top_n": 10})),
+    "mat": lambda a, b: mat_matcher(a, b, {"metric": "cosine"}),
+    "pirt": lambda a, b: pirt_distance(a, b, {"top_n": 10}),
 }
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))
 @pytest.mark.parametrize("block_rows", [1, 5, None])
-def test_rules_rerank_like_the_dense_reference(rule, block_rows):
-    make_features, make_block = RULES[rule]
+def test_rules_rerank_like_the_dense_reference(rule, block_rows, pirt_embeddings):
+    make_features = {"mat": _mat_features, "pirt": pirt_embeddings}[rule]
+    make_block = RULES[rule]
     rng = np.random.default_rng(4)
     q, g = make_features(rng, 12), make_features(rng, 60)
     ids = (rng.integers(0, 5, 12), rng.integers(0, 5, 60), np.zeros(12), np.ones(60))
@@ -206,18 +197,18 @@ def test_rules_rerank_like_the_dense_reference(rule, block_rows):
     _assert_same_metrics(got, evaluate_rank(dense, *ids))
 
 
-def test_same_set_pairs_of_the_rules():
+def test_same_set_pairs_of_the_rules(pirt_embeddings):
     """Each rule applied as written with the probe in the query's role: the query-gallery
     block is the evaluation's own distance; MAT's rule is symmetric, so is its whole M; Pirt
     with top_n over everything and weights sqrt(c_a c_b) too, while "query" weighting reads
     the probe's confidences only."""
     rng = np.random.default_rng(5)
     rules = {
-        "mat": lambda a, b: mat_matcher(a, b, {"metric": "cosine"}),
-        "pirt": lambda a, b: pirt_distance(a, b, {"top_n": 100}),
+        "mat": (_mat_features, RULES["mat"]),
+        "pirt": (pirt_embeddings, lambda a, b: pirt_distance(a, b, {"top_n": 100})),
     }
-    for rule, make_block in rules.items():
-        q, g = RULES[rule][0](rng, 6), RULES[rule][0](rng, 15)
+    for make_features, make_block in rules.values():
+        q, g = make_features(rng, 6), make_features(rng, 15)
         pairs = RuleSetPairs(make_block, q, g)
         whole = np.concatenate(
             [np.concatenate(pairs.block(s), axis=1) for s in probe_slices(6, 15, 4)]

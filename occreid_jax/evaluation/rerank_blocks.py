@@ -3,22 +3,25 @@
 Zhong et al., CVPR 2017, with the steps of `rerank.py`. The input is M, the (Q+G) x (Q+G)
 distances by rows (`set_pairs.py`: row a is image a as the probe against every image), and
 d = M / (row maxima of M). This is `rerank.k_reciprocal_rerank(M.T)`, which equals
-`k_reciprocal_rerank(M)` for a symmetric M (feature distances): the authors divide each
-column by its maximum and transpose, i.e. each image's distances by their own maximum.
+`k_reciprocal_rerank(M)` for a symmetric M: the authors divide each column by its maximum
+and transpose. For features, `FeatureSetPairs` computes the rows as the dense version's
+columns, bit for bit.
 
 Three passes, none holding more than a block of rows of M:
 
 1. neighbours: for each block of probes, the rows of M, their maxima, d, and the
-   max(k1 + 1, k2) nearest of every row (ties by index) -> [N, K] neighbour lists;
-2. expansion: the expanded k-reciprocal sets from the lists alone, the values d[i, j] of
-   their pairs (computed pair by pair for features, else read from a second pass over the
-   row blocks), V, and its local query expansion: sparse rows (`kreciprocal.py`);
+   K = max(k1 + 1, k2) nearest of every row with their d (ties by index);
+2. expansion: the expanded k-reciprocal sets from the neighbour lists alone; the d[i, j] of
+   their pairs, from the lists when j is among i's K nearest (most pairs), else computed pair
+   by pair (features) or read in a second pass over the row blocks (a rule); V and its local
+   query expansion as sparse rows (`kreciprocal.py`);
 3. final distances, for a block of queries at a time, when the ranking asks for it: the
    Jaccard distance through the gallery columns of V, plus lambda times d[q, Q:].
 
-Memory: about `memory_mib` of blocks, plus the neighbour lists (N x K int64), the row maxima
-and the sparse V (~8 bytes per entry, a few hundred entries per row). Time: one pass of M for
-features (two for a rule), where the dense version fills, transposes and scans the matrix.
+Memory: half of `memory_mib` for blocks of rows, half for chunks of the sparse steps, plus
+the neighbour lists (N x K int64 and float32), the row maxima and the sparse V (~8 bytes per
+entry, about a hundred entries per row). Time: one pass of M for features (two for a rule),
+where the dense version fills the matrix, then scans it.
 """
 
 from __future__ import annotations
