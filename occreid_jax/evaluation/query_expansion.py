@@ -20,14 +20,13 @@ from typing import Any
 import numpy as np
 import tqdm
 
-from occreid_jax.evaluation.blocks import resolve_backend
+from occreid_jax.evaluation.blocks import DEFAULT_MEMORY_MIB, resolve_backend
 from occreid_jax.evaluation.distances import l2_normalize
 from occreid_jax.evaluation.kreciprocal import smallest_k_of_parts
 from occreid_jax.evaluation.set_pairs import probe_slices
 
 DEFAULT_K = 5  # fast-reid TEST.AQE.QE_K
 DEFAULT_ALPHA = 3.0  # fast-reid TEST.AQE.ALPHA
-DEFAULT_MEMORY_MIB = 256
 BYTES_PER_SIMILARITY = 16  # the block, its negation, np.partition's copy, a mask
 
 

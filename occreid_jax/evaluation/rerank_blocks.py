@@ -32,9 +32,9 @@ import numpy as np
 import tqdm
 
 from occreid_jax.evaluation import kreciprocal
+from occreid_jax.evaluation.blocks import DEFAULT_MEMORY_MIB
 from occreid_jax.evaluation.set_pairs import FeatureSetPairs, SetPairs, probe_slices
 
-DEFAULT_MEMORY_MIB = 256
 # Working bytes per (query, gallery) distance of a final block: the shared sums and their
 # Jaccard (float64), the block and its ranking (float32); and per Jaccard meeting.
 FINAL_BYTES_PER_DISTANCE = 32

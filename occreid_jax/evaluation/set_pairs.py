@@ -7,10 +7,11 @@ against the gallery, by the distance that ranks the gallery:
     M[a, :Q] = distance(probe a, candidate set = queries)
     M[a, Q:] = distance(probe a, candidate set = gallery)
 
-so M[q, Q:] is exactly the evaluation's own query-gallery distance. Two kinds of distance:
+so M[q, Q:] is the evaluation's own query-gallery distance. Two kinds of distance:
 
-* `FeatureSetPairs`: cosine or squared Euclidean distances of global features (symmetric up
-  to float rounding; computed as the dense reference reads them).
+* `FeatureSetPairs`: cosine or squared Euclidean distances of global features, symmetric;
+  computed as the dense reference reads them (which may differ from the plain evaluation's
+  values in the last bit).
 * `RuleSetPairs`: a model's own matching rule, written for query x gallery, applied as written
   to the four (probe set, candidate set) pairs: the probe plays the query's part and the
   candidate set the gallery's (our choice; the papers re-rank no such rule). For Pirt, each
