@@ -131,7 +131,17 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.metric = "cosine"  # cosine | euclidean
     config.eval.flip = False  # average features of the image and its mirror
-    config.eval.rerank = False  # k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)
+    # k-reciprocal re-ranking (Zhong et al., CVPR 2017; parameters from the paper): adds
+    # "<row> +re-rank" rows to the results, exact, in blocks within memory_mib.
+    config.eval.rerank = False
+    config.eval.rerank_k1 = 20
+    config.eval.rerank_k2 = 6
+    config.eval.rerank_lambda = 0.3
+    # Average query expansion (fast-reid's TEST.AQE defaults) on the global features: adds
+    # "<row> +AQE" rows (and "<row> +AQE +re-rank" with rerank).
+    config.eval.aqe = False
+    config.eval.aqe_k = 5
+    config.eval.aqe_alpha = 3.0
     config.eval.max_rank = 50
     # Queries ranked at a time against the whole gallery; None: as many as memory_mib allows.
     config.eval.query_chunk = ml_collections.config_dict.placeholder(int)

@@ -29,6 +29,9 @@ POSITIVE_FIELDS = (
     ("train", "steps_per_epoch"),
     ("eval", "max_rank"),
     ("eval", "query_chunk"),
+    ("eval", "rerank_k1"),
+    ("eval", "rerank_k2"),
+    ("eval", "aqe_k"),
     ("data", "eval_batch_size"),
 )
 OPTIONAL_FIELDS = ("steps_per_epoch", "query_chunk")
@@ -52,6 +55,11 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
                 f"{section}.{name}={tuple(config[section][name])} needs two values; "
                 f"e.g. --config.{section}.{name}='{PAIR_EXAMPLES[name]}'"
             )
+    if not 0.0 <= config.eval.rerank_lambda <= 1.0:
+        raise UserError(
+            f"eval.rerank_lambda={config.eval.rerank_lambda!r} must be in [0, 1] (the weight of "
+            "the original distance); set --config.eval.rerank_lambda"
+        )
     if not config.eval.memory_mib > 0:
         raise UserError(
             f"eval.memory_mib={config.eval.memory_mib!r} must be positive; "

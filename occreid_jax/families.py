@@ -99,6 +99,7 @@ PIRT_MATCHING = MatchingRule(
     reads=("parts", "confidence"),
     settings=tuple(pirt_matching.DEFAULT_SETTINGS),
     check_settings=pirt_matching.check_settings,
+    with_global=pirt_matching.pirt_with_global,
 )
 # Without its segmentation branch a MAT has no parts and matches by its global feature.
 MAT_MATCHING = MatchingRule(

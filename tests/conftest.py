@@ -65,3 +65,43 @@ def tiny_config(tiny_data_dir):
         return config
 
     return make
+
+
+@pytest.fixture
+def dense_rule_rerank():
+    """`rerank(make_block, q, g, ids, k1=20, k2=6) -> metrics`: the dense reference of
+    re-ranking by a matching rule, on the whole (Q+G)^2 matrix (row a: image a as the probe)."""
+    import numpy as np
+
+    from occreid_jax.evaluation import evaluate_rank
+    from occreid_jax.evaluation.rerank import k_reciprocal_rerank
+
+    def rerank(make_block, q, g, ids, k1=20, k2=6):
+        sets = {"q": q, "g": g}
+        sizes = {name: len(next(iter(feats.values()))) for name, feats in sets.items()}
+        rows = [
+            np.concatenate([make_block(sets[a], sets[b])(slice(0, sizes[a])) for b in "qg"], axis=1)
+            for a in "qg"
+        ]
+        whole = np.concatenate(rows)
+        final = k_reciprocal_rerank(np.ascontiguousarray(whole.T), sizes["q"], k1, k2)
+        return evaluate_rank(final, *ids)
+
+    return rerank
+
+
+@pytest.fixture
+def pirt_embeddings():
+    """`make(rng, n, stripe=8, patch=8, parts=3, part_dim=8)` -> random Pirt embeddings of n
+    images (confidences summing to 1)."""
+
+    def make(rng, n, stripe=8, patch=8, parts=3, part_dim=8):
+        conf = rng.random((n, parts)).astype("float32")
+        return {
+            "stripe": rng.normal(size=(n, stripe)).astype("float32"),
+            "patch": rng.normal(size=(n, patch)).astype("float32"),
+            "parts": rng.normal(size=(n, parts, part_dim)).astype("float32"),
+            "confidence": conf / conf.sum(axis=1, keepdims=True),
+        }
+
+    return make

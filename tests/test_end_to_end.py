@@ -81,6 +81,22 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(
         recomputed["mAP"], straight["results"]["occluded queries"]["mAP"], rtol=1e-6
     )
 
+    # Query expansion and re-ranking add rows; the dense reference (the whole matrix) on the
+    # extracted features gives the expanded and re-ranked figure.
+    from occreid_jax.evaluation import average_query_expansion, evaluate_rank, pairwise_distance
+    from occreid_jax.evaluation.rerank import k_reciprocal_rerank
+
+    config.eval.rerank = config.eval.aqe = True
+    rows = experiment.evaluate(config, str(tmp_path / "straight"))
+    assert set(rows) == {f"{r}{s}" for r in straight["results"] for s in ("", " +AQE",
+                         " +re-rank", " +AQE +re-rank")}  # fmt: skip
+    q, g = average_query_expansion(arrays["query_features"], arrays["gallery_features"])
+    everything = np.concatenate([q, g])
+    final = k_reciprocal_rerank(pairwise_distance(everything, everything), len(q))
+    ids = [arrays[f"{s}_{k}"] for k in ("pids", "camids") for s in ("query", "gallery")]
+    expected = evaluate_rank(final, *ids)["mAP"]
+    np.testing.assert_allclose(rows["occluded queries +AQE +re-rank"]["mAP"], expected, rtol=1e-6)
+
 
 def test_evaluating_an_empty_workdir_is_a_clear_error(tiny_config, tmp_path):
     with pytest.raises(UserError, match="no checkpoint in .*train first"):

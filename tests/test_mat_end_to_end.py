@@ -14,7 +14,7 @@ from occreid_jax.evaluation.mat_matching import mat_matcher
 pytestmark = pytest.mark.slow
 
 
-def test_train_eval_visualize_export(tiny_config, tmp_path):
+def test_train_eval_visualize_export(tiny_config, tmp_path, dense_rule_rerank):
     config = tiny_config("mat")
     workdir = str(tmp_path / "run")
     record = experiment.train_and_evaluate(config, workdir)
@@ -34,6 +34,15 @@ def test_train_eval_visualize_export(tiny_config, tmp_path):
     np.testing.assert_allclose(own["mAP"], occluded["mAP"], rtol=1e-6)
     global_only = evaluate_features(q["global"], g["global"], *ids, metric="cosine")
     assert global_only["mAP"] != own["mAP"]
+
+    # Re-ranking by MAT's own rule (rows next to the plain ones): the dense reference on the
+    # extracted embeddings.
+    config.eval.rerank = True
+    rows = experiment.evaluate(config, workdir)
+    np.testing.assert_allclose(rows["occluded queries"]["mAP"], occluded["mAP"], rtol=1e-6)
+    dense = dense_rule_rerank(lambda a, b: mat_matcher(a, b, {"metric": "cosine"}), q, g, ids)
+    np.testing.assert_allclose(rows["occluded queries +re-rank"]["mAP"], dense["mAP"], rtol=1e-6)
+    config.eval.rerank = False
 
     paths = visualize.visualize(config, workdir, num_queries=2)
     assert os.path.basename(paths[-1]) == "sheet.png"

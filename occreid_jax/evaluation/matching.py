@@ -28,6 +28,11 @@ def global_embedding(features: Mapping[str, np.ndarray]) -> np.ndarray:
     return features["global"]
 
 
+def replace_global(features: Mapping[str, np.ndarray], expanded: np.ndarray) -> dict:
+    """The default inverse of `global_embedding`: the embeddings with `global` = `expanded`."""
+    return {**features, "global": expanded}
+
+
 @dataclasses.dataclass(frozen=True)
 class MatchingRule:
     """One family's matching.
@@ -39,6 +44,8 @@ class MatchingRule:
         part branch) the global feature is used.
       settings: the `config.eval` fields the own rule reads.
       check_settings: `settings dict -> None`, a one-line ValueError for bad values.
+      with_global: `(embeddings, [N, D] new global feature) -> embeddings` whose global feature
+        is the new one, for the own rule to read (query expansion changes the global feature).
     """
 
     global_feature: Callable[[Mapping[str, np.ndarray]], np.ndarray] = global_embedding
@@ -46,6 +53,7 @@ class MatchingRule:
     reads: tuple[str, ...] = ()
     settings: tuple[str, ...] = ()
     check_settings: Callable[[dict], Any] | None = None
+    with_global: Callable[[Mapping[str, np.ndarray], np.ndarray], dict] = replace_global
 
     def own_distance(self, features: Mapping[str, Any], eval_config) -> Callable | None:
         """`(q_features, g_features) -> distance_block` by the own rule with the settings in

@@ -107,6 +107,13 @@ def pirt_global_feature(features: Mapping[str, Any]) -> np.ndarray:
     return np.concatenate([stripe, patch], axis=-1) / np.float32(np.sqrt(2.0))
 
 
+def pirt_with_global(features: Mapping[str, Any], expanded: np.ndarray) -> dict:
+    """The embeddings with stripe and patch = the two halves of a [N, 2D] global feature
+    (after query expansion; the rule compares them by cosine, so their scale is irrelevant)."""
+    dim = np.shape(features["stripe"])[1]
+    return {**features, "stripe": expanded[:, :dim], "patch": expanded[:, dim:]}
+
+
 def _check_features(name: str, feats: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """float32 arrays of the required keys, shapes checked within one side (query or gallery)."""
     if not isinstance(feats, Mapping):
