@@ -109,8 +109,50 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except Exception as error:  # config_flags wraps the config file's own exceptions
-        _fail(f"bad command line: {_last_line(error)}")
+        unknown = _unknown_field(argv)
+        _fail(unknown or f"bad command line: {_last_line(error)}")
     return []
+
+
+def _unknown_field(argv: list[str]) -> str | None:
+    """`unknown config field train.learning_rate; did you mean train.lr?`, or None.
+
+    Loads the --config file itself and looks up every --config.PATH override in it.
+    """
+    import difflib
+
+    from occreid_jax.config_files import load_config_file
+
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        return None
+    path, _, arg = spec.partition(":")
+    try:
+        config = (
+            load_config_file(path).get_config(arg) if arg else load_config_file(path).get_config()
+        )
+    except Exception:  # the file itself is bad: the generic message says why
+        return None
+    for flag in argv:
+        if not flag.startswith("--config."):
+            continue
+        names = flag[len("--config.") :].split("=", 1)[0].split(".")
+        node = config
+        for depth, name in enumerate(names):
+            parent = ".".join(names[:depth])
+            if not hasattr(node, "keys"):
+                return f"config field {parent} is a value, not a group; set --config.{parent}=VALUE"
+            fields = list(node.keys())
+            if name not in fields:
+                close = difflib.get_close_matches(name, fields, n=1)
+                hint = (
+                    f"; did you mean {'.'.join([*names[:depth], close[0]])}?"
+                    if close
+                    else (f"; the {parent or 'top-level'} fields are {', '.join(fields)}")
+                )
+                return f"unknown config field {'.'.join(names[: depth + 1])}{hint}"
+            node = node[name]
+    return None
 
 
 def _last_line(error: Exception) -> str:

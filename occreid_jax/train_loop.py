@@ -21,6 +21,7 @@ from occreid_jax import distributed, optim, pose
 from occreid_jax.data import pipeline
 from occreid_jax.data.sampler import IdentitySampler
 from occreid_jax.distributed import replicate
+from occreid_jax.divergence import DivergenceGuard
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation.features import evaluate_splits
 from occreid_jax.metrics_log import MetricsLog
@@ -135,6 +136,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     main_process = distributed.is_main_process()  # the one that prints and writes files
     log = MetricsLog(run.workdir, enabled=main_process)
     record = _Record(run, model, log, steps_per_epoch, total_steps)
+    redo_eval = record.is_eval_step(start_step) and record.data.get("step") != start_step
+    log.forget_after(start_step, ("eval",) if redo_eval else ())  # each step logged once
+    guard = DivergenceGuard(_start_loss(log))
     if main_process:
         print(
             f"training {config.model.name} ({kwargs.get('backbone', '')}) on {config.data.name}: "
@@ -158,14 +162,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         if start_step == 0 and config.train.eval_at_start:
             record.data["untrained"] = record.evaluate(state, 0, key="untrained")
-        if record.is_eval_step(start_step) and record.data.get("step") != start_step:
+        if redo_eval:
             record.evaluate(state, start_step)  # the evaluation an interrupted run did not finish
         while step < total_steps:
             state, metrics = p_step(state, next(batches), pose_variables)
             step += 1
             window_images += config.data.batch_size
             bar.update(1)
-            if step % config.train.log_every_steps == 0 or step == total_steps:
+            saves = step % config.train.checkpoint_every_steps == 0 or record.is_eval_step(step)
+            logs = step % config.train.log_every_steps == 0 or step == total_steps
+            if logs or saves:  # before anything is written: a diverged state is never saved
+                loss = float(jax.device_get(metrics["loss"])[0])
+                guard.check(step, loss, float(schedule(step - 1)), checkpointer.latest_step())
+            if logs:
                 metrics = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
                 elapsed = time.perf_counter() - window_start
                 metrics["images_per_sec"] = window_images / max(elapsed, 1e-9)
@@ -175,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     loss=f"{metrics['loss']:.3f}", img_s=f"{metrics['images_per_sec']:.0f}"
                 )
                 window_start, window_images = time.perf_counter(), 0
-            if step % config.train.checkpoint_every_steps == 0 or record.is_eval_step(step):
+            if saves:
                 checkpointer.save(step, state)
             if record.is_eval_step(step):
                 bar.clear()
@@ -204,6 +213,14 @@ def _save_on_interrupt(run: Run, checkpointer, step: int, state) -> None:
         f"interrupted at step {step}; saved a checkpoint in {run.workdir}/checkpoints, "
         "rerun the same command to resume"
     ) from None
+
+
+def _start_loss(log: MetricsLog) -> float | None:
+    """The run's first logged training loss (process 0's metrics.jsonl, shared), or None."""
+    first = None
+    if distributed.is_main_process():
+        first = next((r.get("loss") for r in log.records() if r.get("kind") == "train"), None)
+    return distributed.broadcast_json(first)
 
 
 def _short(results: dict) -> str:

@@ -1,0 +1,113 @@
+"""What a hostile but realistic user can get wrong, through the CLI (in process) and the API.
+
+Each case asserts the exit status 2, one line on stderr naming the problem (no traceback) and
+that nothing was written where nothing should be. One tiny trained run (module fixture) serves
+every case that needs a workdir, a checkpoint or an export.
+"""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import sys
+
+import pytest
+from absl import flags
+
+from occreid_jax import main
+
+TINY = "--config=configs/baseline.py:synthetic,size=tiny"
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """Runs `python -m occreid_jax.main ARGS` in this process: (exit status, stderr, stdout)."""
+    for name in list(flags.FLAGS):  # the previous run's --config.* override flags
+        if name.startswith("config."):
+            delattr(flags.FLAGS, name)
+    flags.FLAGS.unparse_flags()
+    err, out = io.StringIO(), io.StringIO()
+    argv, sys.argv = sys.argv, ["occreid_jax.main", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            main.main()
+    except SystemExit as stop:
+        code = stop.code or 0
+    finally:
+        sys.argv = argv
+    return code, err.getvalue(), out.getvalue()
+
+
+def assert_one_line_error(code: int, stderr: str, expected: str) -> str:
+    assert code == 2, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last, last
+    return last
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_data_dir):
+    """A tiny baseline run: 2 epochs x 2 steps, checkpoints at steps 2 and 4, one evaluation."""
+    workdir = str(tmp_path_factory.mktemp("trained"))
+    code, stderr, _ = cli(TINY, f"--workdir={workdir}", f"--config.data.data_dir={tiny_data_dir}")
+    assert code == 0, stderr[-3000:]
+    return {"workdir": workdir, "data_dir": tiny_data_dir}
+
+
+def _copy_run(trained, tmp_path) -> str:
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained["workdir"], workdir)
+    return workdir
+
+
+def _read(workdir: str, name: str) -> str:
+    with open(os.path.join(workdir, name)) as f:
+        return f.read()
+
+
+def _steps(workdir: str, kind: str = "train") -> list[int]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [r["step"] for r in map(json.loads, f) if r["kind"] == kind]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("--config.train.lr=-0.001", "train.lr=-0.001 must be a finite number > 0"),
+        ("--config.train.lr=nan", "train.lr=nan must be a finite number > 0"),
+        ("--config.train.momentum=1.5", "train.momentum=1.5 must be a finite number >= 0 and"),
+        ("--config.loss.ce_weight=-1", "loss.ce_weight=-1.0 must be a finite number >= 0"),
+        ("--config.data.erasing_prob=2", "data.erasing_prob=2.0 must be"),
+        ("--config.train.learning_rate=0.1", "unknown config field train.learning_rate; the"),
+        ("--config.train.lr.x=1", "config field train.lr is a value, not a group"),
+    ],
+)
+def test_config_values_are_refused_before_any_data_is_read(tmp_path, override, expected):
+    workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
+    code, stderr, _ = cli(
+        TINY, f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", override
+    )
+    assert_one_line_error(code, stderr, expected)
+    assert not workdir.exists() and not data_dir.exists()
+
+
+@pytest.mark.slow
+def test_divergence_stops_before_saving_and_keeps_the_last_good_checkpoint(trained, tmp_path):
+    # Resume the trained run (checkpoint at step 4) for a third epoch at a huge rate: step 5
+    # logs the loss of the good weights, step 6 that of the diverged ones; step 6 would save
+    # and evaluate, neither happens.
+    workdir = _copy_run(trained, tmp_path)
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    results = _read(workdir, "results.json")
+    code, stderr, _ = cli(
+        TINY, f"--workdir={workdir}", f"--config.data.data_dir={trained['data_dir']}",
+        "--config.train.epochs=3", "--config.train.lr=1e6",
+    )  # fmt: skip
+    last = assert_one_line_error(code, stderr, "training diverged at step 6: loss ")
+    assert "the last good checkpoint (step 4) stays the latest" in last
+    assert "lower --config.train.lr" in last
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+    assert _read(workdir, "results.json") == results
+    assert _steps(workdir) == [1, 2, 3, 4, 5]  # the diverged step is not logged either
