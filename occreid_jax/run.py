@@ -118,7 +118,10 @@ class Run:
     def saved_num_classes(self) -> int:
         """Number of training identities recorded in the workdir's latest checkpoint."""
         probe = Checkpointer(os.path.join(self.workdir, "checkpoints"), {})
-        saved = probe.saved_signature()
+        try:
+            saved = probe.saved_signature()
+        finally:
+            probe.close()
         if saved is None:
             raise UserError(
                 f"no checkpoint in {self.workdir}/checkpoints; train first "
@@ -133,8 +136,10 @@ class Run:
         state = create_train_state(
             model, tx, jax.random.PRNGKey(self.config.seed), self.config.data.image_size
         )
-        state = checkpointer.restore_latest(state)
-        checkpointer.close()
+        try:
+            state = checkpointer.restore_latest(state)
+        finally:
+            checkpointer.close()  # on every path: an open manager's threads outlive the error
         return model, kwargs, replicate(state)
 
     def embedder(self, model, state):

@@ -61,8 +61,9 @@ class _Record:
         self.log.write("eval", step, results)
         self.data[key] = results
         epoch = step / self.steps_per_epoch
-        if key == "results":
-            self.data["history"].append({"step": step, "epoch": epoch, **results})
+        if key == "results":  # a resumed run redoes the evaluations after its checkpoint
+            history = [h for h in self.data["history"] if h["step"] < step]
+            self.data["history"] = [*history, {"step": step, "epoch": epoch, **results}]
         self.data.update(step=step, epoch=epoch, total_steps=self.total_steps)
         if self.main_process:
             _write_json(self.path, self.data)
@@ -76,9 +77,13 @@ def _initial_state(run: Run, model, tx, checkpointer):
     state = create_train_state(
         train_model, tx, jax.random.PRNGKey(config.seed), config.data.image_size
     )
-    if checkpointer.latest_step() is None:  # a resumed run takes every weight from its checkpoint
-        state = init_backbone(state, config)
-    return replicate(checkpointer.restore_latest(state))
+    try:
+        if checkpointer.latest_step() is None:  # a resumed run takes every weight from it
+            state = init_backbone(state, config)
+        return replicate(checkpointer.restore_latest(state, set_aside_broken=True))
+    except BaseException:
+        checkpointer.close()  # on every error path: an open manager's threads outlive it
+        raise
 
 
 def _step_function(run: Run):

@@ -111,3 +111,44 @@ def test_divergence_stops_before_saving_and_keeps_the_last_good_checkpoint(train
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
     assert _read(workdir, "results.json") == results
     assert _steps(workdir) == [1, 2, 3, 4, 5]  # the diverged step is not logged either
+
+
+def _break_step(workdir: str, step: int) -> None:
+    """Truncates the largest array file of a checkpoint step (a disk that filled up)."""
+    folder = os.path.join(workdir, "checkpoints", str(step), "state", "ocdbt.process_0", "d")
+    largest = max((os.path.join(folder, f) for f in os.listdir(folder)), key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.truncate(100)
+
+
+@pytest.mark.slow
+def test_a_truncated_checkpoint_falls_back_to_the_newest_intact_step(trained, tmp_path):
+    workdir = _copy_run(trained, tmp_path)
+    _break_step(workdir, 4)
+    common = (TINY, f"--workdir={workdir}", f"--config.data.data_dir={trained['data_dir']}")
+    code, stderr, out = cli(*common, "--mode=eval")
+    assert code == 0 and "Traceback" not in stderr, stderr[-3000:]
+    warning = [line for line in stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and "unreadable checkpoint at step 4" in warning[0], stderr[-2000:]
+    assert "OUT_OF_RANGE" in warning[0] and warning[0].endswith(("...)", ")"))
+    assert "Event loop is closed" not in stderr
+    assert "occluded queries" in out
+    # Training resumes from step 2, sets the broken step aside, saves step 4 again, and every
+    # step is logged once although steps 3 and 4 ran twice.
+    code, stderr, _ = cli(*common)
+    assert code == 0 and "Traceback" not in stderr, stderr[-3000:]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4", "4.broken"]
+    assert _steps(workdir) == [1, 2, 3, 4] and _steps(workdir, "eval") == [4]
+    history = json.loads(_read(workdir, "results.json"))["history"]
+    assert [h["step"] for h in history] == [4]
+
+
+def test_a_workdir_whose_every_checkpoint_is_broken_is_one_line(trained, tmp_path):
+    workdir = _copy_run(trained, tmp_path)
+    for step in (2, 4):
+        os.remove(os.path.join(workdir, "checkpoints", str(step), "signature", "metadata"))
+    code, stderr, _ = cli(
+        TINY, f"--workdir={workdir}", f"--config.data.data_dir={trained['data_dir']}", "--mode=eval"
+    )
+    assert_one_line_error(code, stderr, f"no checkpoint in {workdir}/checkpoints")
+    assert "Event loop is closed" not in stderr
