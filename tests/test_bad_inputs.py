@@ -152,3 +152,113 @@ def test_a_workdir_whose_every_checkpoint_is_broken_is_one_line(trained, tmp_pat
     )
     assert_one_line_error(code, stderr, f"no checkpoint in {workdir}/checkpoints")
     assert "Event loop is closed" not in stderr
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(trained, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("bundle") / "export")
+    code, stderr, out = cli(
+        TINY, f"--workdir={trained['workdir']}", f"--config.data.data_dir={trained['data_dir']}",
+        "--mode=export", f"--output={path}",
+    )  # fmt: skip
+    assert code == 0, stderr[-3000:]
+    return path
+
+
+def _edit_bundle(bundle_dir, tmp_path, edit) -> str:
+    path = str(tmp_path / "bundle")
+    shutil.copytree(bundle_dir, path)
+    edit(path)
+    return path
+
+
+def _truncate(name: str, size: int):
+    def edit(path):
+        with open(os.path.join(path, name), "r+b") as f:
+            f.truncate(size)
+
+    return edit
+
+
+def _kwargs(**changes):
+    def edit(path):
+        with open(os.path.join(path, "model.json")) as f:
+            description = json.load(f)
+        description["model_kwargs"].update(changes)
+        with open(os.path.join(path, "model.json"), "w") as f:
+            json.dump(description, f)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda p: os.remove(os.path.join(p, "model.json")), "is not an export bundle (no model"),
+        (_truncate("model.json", 40), "model.json is not valid JSON"),
+        (lambda p: os.remove(os.path.join(p, "variables.msgpack")), "has no variables.msgpack"),
+        (_truncate("variables.msgpack", 5000), "variables.msgpack is truncated or not a flax"),
+        (_kwargs(num_classes=99), "do not fit the model its model.json describes"),
+        (_kwargs(backbone="resnet50"), "do not fit the model"),
+        (_kwargs(no_such_argument=1), "has bad model_kwargs"),
+    ],
+)
+def test_a_broken_bundle_fails_at_load_in_one_line(bundle_dir, tmp_path, edit, expected):
+    from occreid_jax import export
+    from occreid_jax.errors import UserError
+
+    path = _edit_bundle(bundle_dir, tmp_path, edit)
+    with pytest.raises(UserError) as error:
+        export.load(path)
+    message = str(error.value)
+    assert expected in message and "\n" not in message, message
+
+
+def test_a_truncated_bundle_through_the_cli(trained, bundle_dir, tmp_path):
+    path = _edit_bundle(bundle_dir, tmp_path, _truncate("variables.msgpack", 100))
+    code, stderr, _ = cli(
+        TINY, f"--workdir={trained['workdir']}", f"--config.data.data_dir={trained['data_dir']}",
+        "--mode=eval", f"--export={path}",
+    )  # fmt: skip
+    assert_one_line_error(code, stderr, f"{path}/variables.msgpack is truncated")
+
+
+def test_embed_checks_the_image_size(bundle_dir):
+    import numpy as np
+
+    from occreid_jax import export
+    from occreid_jax.errors import UserError
+
+    bundle = export.load(bundle_dir)
+    assert bundle.image_size == (64, 32)
+    with pytest.raises(UserError, match=r"embeds \[B, 64, 32, 3\] images, got \[2, 128, 64, 3\]"):
+        bundle.embed(np.zeros((2, 128, 64, 3), np.uint8))
+
+
+def test_write_is_atomic(bundle_dir, tmp_path, monkeypatch):
+    """A write that fails midway leaves the previous bundle whole and no partial folder."""
+    import flax.serialization
+
+    from occreid_jax import export
+    from occreid_jax.errors import UserError
+
+    bundle = export.load(bundle_dir)
+    path = str(tmp_path / "bundle")
+    settings = dict(
+        model_name=bundle.model_name, model_kwargs=bundle.model_kwargs,
+        image_size=bundle.image_size, matching=bundle.matching,
+    )  # fmt: skip
+    export.write(path, variables=bundle.variables, **settings)
+
+    def fail(_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(flax.serialization, "msgpack_serialize", fail)
+    with pytest.raises(OSError, match="disk full"):
+        export.write(path, variables=bundle.variables, **settings)
+    assert sorted(os.listdir(tmp_path)) == ["bundle"]  # no staging folder left behind
+    assert export.load(path).model_kwargs == bundle.model_kwargs
+    monkeypatch.undo()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="is a file, not a bundle folder"):
+        export.write(str(tmp_path / "file"), variables=bundle.variables, **settings)
