@@ -39,6 +39,8 @@ class Run:
         check_config(config)
         self.config = config
         self.workdir = os.path.abspath(workdir)
+        if workdir and os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+            raise UserError(f"--workdir={workdir} is a file, not a folder; choose another path")
         self.num_devices = jax.device_count()  # of all processes
         self.family = families.get(config.model.name)
 

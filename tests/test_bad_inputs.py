@@ -262,3 +262,47 @@ def test_write_is_atomic(bundle_dir, tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="is a file, not a bundle folder"):
         export.write(str(tmp_path / "file"), variables=bundle.variables, **settings)
+
+
+def test_a_workdir_that_is_a_file(tmp_path):
+    workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
+    workdir.write_text("not a folder")
+    code, stderr, _ = cli(TINY, f"--workdir={workdir}", f"--config.data.data_dir={data_dir}")
+    assert_one_line_error(code, stderr, f"--workdir={workdir} is a file, not a folder")
+    assert workdir.read_text() == "not a folder" and not data_dir.exists()
+
+
+def test_nan_distances_are_a_user_error():
+    import numpy as np
+
+    from occreid_jax.errors import UserError
+    from occreid_jax.evaluation import evaluate_features, evaluate_rank
+
+    dist = np.array([[0.1, np.nan, 0.3]])
+    with pytest.raises(UserError, match="the distance matrix contains NaN"):
+        evaluate_rank(dist, [1], [1, 2, 1], [0], [1, 1, 1])
+    q = np.ones((1, 4), np.float32)
+    g = np.ones((3, 4), np.float32)
+    g[1, 0] = np.nan
+    for backend in ("numpy", "jax"):
+        with pytest.raises(UserError, match="contains NaN"):
+            evaluate_features(q, g, [1], [1, 2, 1], [0], [1, 1, 1], backend=backend)
+
+
+def test_a_bundle_with_nan_weights_evaluates_to_one_line(trained, bundle_dir, tmp_path):
+    import jax
+    import numpy as np
+
+    from occreid_jax import export
+
+    bundle = export.load(bundle_dir)
+    nan = jax.tree.map(lambda x: np.full_like(x, np.nan), bundle.variables)
+    path = export.write(
+        str(tmp_path / "nan"), model_name=bundle.model_name, model_kwargs=bundle.model_kwargs,
+        variables=nan, image_size=bundle.image_size, matching=bundle.matching,
+    )  # fmt: skip
+    code, stderr, _ = cli(
+        TINY, f"--workdir={trained['workdir']}", f"--config.data.data_dir={trained['data_dir']}",
+        "--mode=eval", f"--export={path}",
+    )  # fmt: skip
+    assert_one_line_error(code, stderr, "features of 15 of 15 query images are NaN or inf")

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from occreid_jax.evaluation.distances import FeatureDistance
-from occreid_jax.evaluation.ranking import BlockPairs
+from occreid_jax.evaluation.ranking import BlockPairs, NaNDistancesError
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -91,7 +91,7 @@ def _fetch(out) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Device results -> host ([R, P] values, [R, P] int64 counts <, <=); raises on NaN."""
     vals, smaller, smaller_equal, nan = jax.device_get(out)
     if nan:
-        raise ValueError("the distance matrix contains NaN; check the features / distance function")
+        raise NaNDistancesError()
     return np.asarray(vals), np.asarray(smaller, np.int64), np.asarray(smaller_equal, np.int64)
 
 

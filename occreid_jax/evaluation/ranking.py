@@ -55,6 +55,16 @@ def default_chunk_size(num_gallery: int, num_query: int | None = None) -> int:
     return int(rows)
 
 
+class NaNDistancesError(UserError, ValueError):
+    """NaN in a distance matrix (NaN features: a diverged model); main prints it as one line."""
+
+    def __init__(self, what: str = "the distance matrix"):
+        super().__init__(
+            f"{what} contains NaN (NaN features: a diverged checkpoint?); check the features "
+            "and the distance function, or retrain with a lower --config.train.lr"
+        )
+
+
 class TiedDistancesWarning(UserWarning):
     """Many gallery entries sit at exactly a positive's distance (see `summarize_ranks`)."""
 
@@ -197,7 +207,7 @@ def count_smaller(tile: np.ndarray, rows: np.ndarray, vals: np.ndarray) -> tuple
         (smaller [E], smaller_equal [E]) int64 counts.
 
     Raises:
-        ValueError: the tile contains NaN.
+        NaNDistancesError: the tile contains NaN.
     """
     smaller = np.zeros(rows.shape[0], dtype=np.int64)
     smaller_equal = np.zeros(rows.shape[0], dtype=np.int64)
@@ -211,7 +221,7 @@ def count_smaller(tile: np.ndarray, rows: np.ndarray, vals: np.ndarray) -> tuple
         srt = tile[needed]  # a copy, sorted in place
         srt.sort(axis=1)
     if np.isnan(srt[:, -1]).any():  # NaN sorts last, so the last column finds any NaN
-        raise ValueError("the distance matrix contains NaN; check the features / distance function")
+        raise NaNDistancesError()
     srt_row = np.zeros(tile.shape[0], dtype=np.int64)
     srt_row[needed] = np.arange(needed.size)  # tile row -> row of `srt`
     bounds = np.flatnonzero(np.diff(rows)) + 1
