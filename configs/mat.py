@@ -112,6 +112,9 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # L_eq and L_fc into the shared encoder output (sqrt(d) times larger) kept the global
     # feature collapsed: 3 epochs end at CE 4.99 plainly, 4.4-4.6 scaled (chance 5.01).
     config.model.scale_maps = True
+    # What the embeddings multiply: "encoder" (f_g, our reading of "the feature maps") or
+    # "backbone" (the backbone map through its own 1x1 projection; not in the paper).
+    config.model.map_features = "encoder"
 
     config.data.image_size = (256, 128)
     config.data.batch_size = 64  # 16 identities x 4 images
@@ -140,6 +143,23 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # the K+1 segmentation maps apart; 0 = the paper's Eq. 9, whose L_fc and part ID losses are
     # all satisfied by one uniform map on every image. An experiment, not a fix: see the README.
     loss.part_diversity_weight = 0.0
+    # L_fc compares image features (Eq. 8): "encoder" = f_g as a softmax over channels at each
+    # position, warped by the flow A's segmentation composes; "backbone" = the outputs of
+    # the backbone stages loss.consistency_stages instead, L_fc averaged over them (1-4;
+    # stage 1 has stride 4, stage 2 stride 8; not in the paper); "segmentation" = the part
+    # maps themselves, as first built (trivially zero for uniform maps).
+    loss.consistency_target = "encoder"
+    loss.consistency_stages = (2,)
+    # Not in the paper: no gradient from L_fc into the compared features (it then trains only
+    # the flow: segmentation, keypoints, Jacobians); without it, flattening the features
+    # also lowers the KL.
+    loss.consistency_stop_gradient = True
+    # "all": A against B, C and D (Eq. 12); "first": against B only (not in the paper).
+    loss.consistency_pairs = "all"
+    # Not in the paper: Zhang et al. (2018)'s separation prior on the keypoints, weight and
+    # distance scale in [-1, 1] units (losses/mat.keypoint_separation_loss); 0 = off.
+    loss.keypoint_separation_weight = 0.0
+    loss.keypoint_separation_sigma = 0.1
     loss.tps_sigma_affine = 0.05  # FOMM's random warp for L_eq
     loss.tps_sigma_tps = 0.005  # FOMM
     loss.tps_points = 5  # FOMM: 5 x 5 control points

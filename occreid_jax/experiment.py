@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from occreid_jax import distributed, evaluation, export, matching, nets, optim, pose
+from occreid_jax import distributed, evaluation, export, flow_probe, matching, nets, optim, pose
 from occreid_jax.checkpointing import Checkpointer
 from occreid_jax.data import datasets, heatmap_store, pipeline
 from occreid_jax.data.sampler import IdentitySampler, check_batch_layout
@@ -347,6 +347,13 @@ def precompute_heatmaps(config: ml_collections.ConfigDict, workdir: str) -> list
     return roots
 
 
+def mat_parts_reported(config: ml_collections.ConfigDict) -> bool:
+    """Whether evaluations also report MAT's part statistics (a MAT with both branches and
+    self-supervised keypoints)."""
+    model = config.model
+    return model.name == "mat" and model.segmentation and model.keypoints == "self_supervised"
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from the workdir's latest checkpoint), evaluates, writes results.json."""
     exp = Experiment(config, workdir)
@@ -363,6 +370,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         exp.num_devices,
         seed=config.seed,
         steps_per_epoch=config.train.steps_per_epoch,
+        camids=train_split.camids,
+        same_camera_pairs=config.data.same_camera_pairs,
     )
     steps_per_epoch = sampler.steps_per_epoch
     total_steps = config.train.epochs * steps_per_epoch
@@ -390,9 +399,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last = step == total_steps
         return step > 0 and within == 0 and (epoch % config.train.eval_every_epochs == 0 or last)
 
+    part_groups = None
+
     def run_eval(step, key="results"):
+        nonlocal part_groups
         results = evaluate_splits(embed(state), config.model.name, exp.eval_splits, config)
         log.write("eval", step, results)
+        if mat_parts_reported(config):  # MAT: are its parts real (flow_probe.part_report)?
+            part_groups = part_groups or flow_probe.collect_groups(config, train_split, 32)
+            variables = {"params": state.params, "batch_stats": state.batch_stats}
+            report = flow_probe.part_report(
+                model.apply, variables, exp.eval_splits["gallery"], part_groups, settings,
+                config.data.image_size,
+            )  # fmt: skip
+            log.write("parts", step, report)
+            record.setdefault("parts", {})[str(step)] = report
         record[key] = results
         if key == "results":
             record["history"].append({"step": step, "epoch": step / steps_per_epoch, **results})
@@ -430,6 +451,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         seed=config.seed,
         with_heatmaps=source in ("ground_truth", "precomputed"),
         shard=distributed.shard(),
+        pair_geometry=config.data.same_camera_pairs,
     )
     step = start_step
     bar = tqdm(

@@ -82,42 +82,76 @@ def kl_divergence(p: jax.Array, q: jax.Array) -> jax.Array:
     return jnp.mean(per_pixel, axis=(1, 2))
 
 
+def feature_distribution(maps: jax.Array) -> jax.Array:
+    """Image features as Eq. 10's distributions: a softmax over channels at every position.
+
+    Args:
+      maps: [B, h, w, C] feature maps.
+
+    Returns:
+      [B, h, w, C] float32, summing to 1 over C.
+    """
+    return jax.nn.softmax(maps.astype(jnp.float32), axis=-1)
+
+
+CONSISTENCY_PAIRS = ("all", "first")
+
+
 def consistency_loss(
-    segmentation: jax.Array, keypoints: jax.Array, jacobians: jax.Array, group_size: int
+    maps: jax.Array,
+    segmentation: jax.Array,
+    keypoints: jax.Array,
+    jacobians: jax.Array,
+    group_size: int,
+    pairs: str = "all",
 ) -> jax.Array:
     """Eq. 12 over the identity groups of an identity-major batch.
 
+    Every image X of a group other than its first, A, is brought into A's frame by the flow
+    `F_{A<-X}` that A's segmentation composes from the part motions (`motion.warp_to_target`)
+    and compared with A by `KL(f_A || f_AX)` (Eq. 10).
+
     Args:
-      segmentation: [B, h, w, K+1] part distributions (channel 0 background).
+      maps: [B, h', w', C] what is compared: per-position distributions (the features through
+        `feature_distribution`, or the segmentation itself).
+      segmentation: [B, h, w, K+1] part probabilities (channel 0 background), resized
+        bilinearly to (h', w') when the maps are finer.
       keypoints: [B, K, 2]; jacobians: [B, K, 2, 2].
       group_size: images per identity, adjacent in the batch (the sampler's K); the first of
         each group is A, the others are B, C, D.
+      pairs: "all" compares A with every other image of its group (Eq. 12); "first" with the
+        second image only (not in the paper: a sampler that puts a frame of A's tracklet
+        there makes it a same-camera pair).
 
     Returns:
       Scalar: mean over groups of `sum_X KL(f_A || F_{A<-X} x f_X)`.
     """
-    batch = segmentation.shape[0]
+    batch = maps.shape[0]
     if batch % group_size:
         raise ValueError(f"batch {batch} is not a multiple of the group size {group_size}")
+    if pairs not in CONSISTENCY_PAIRS:
+        raise ValueError(f"pairs must be one of {CONSISTENCY_PAIRS}, got {pairs!r}")
+    if segmentation.shape[1:3] != maps.shape[1:3]:
+        segmentation = jax.image.resize(
+            segmentation, (batch, *maps.shape[1:3], segmentation.shape[-1]), "linear"
+        )
 
     def grouped(x):
         return x.reshape(batch // group_size, group_size, *x.shape[1:])
 
-    seg, kp, jac = grouped(segmentation), grouped(keypoints), grouped(jacobians)
-    others = group_size - 1
-    anchor_seg = jnp.repeat(seg[:, :1], others, axis=1).reshape(-1, *seg.shape[2:])
-    anchor_kp = jnp.repeat(kp[:, :1], others, axis=1).reshape(-1, *kp.shape[2:])
-    anchor_jac = jnp.repeat(jac[:, :1], others, axis=1).reshape(-1, *jac.shape[2:])
-    source_seg = seg[:, 1:].reshape(-1, *seg.shape[2:])
+    fmap, seg, kp, jac = (grouped(x) for x in (maps, segmentation, keypoints, jacobians))
+    others = 1 if pairs == "first" else group_size - 1
+
+    def anchors(x):
+        return jnp.repeat(x[:, :1], others, axis=1).reshape(-1, *x.shape[2:])
+
+    def sources(x):
+        return x[:, 1 : 1 + others].reshape(-1, *x.shape[2:])
+
     warped = motion.warp_to_target(
-        source_seg,
-        anchor_seg,
-        kp[:, 1:].reshape(-1, *kp.shape[2:]),
-        jac[:, 1:].reshape(-1, *jac.shape[2:]),
-        anchor_kp,
-        anchor_jac,
+        sources(fmap), anchors(seg), sources(kp), sources(jac), anchors(kp), anchors(jac)
     )
-    kl = kl_divergence(anchor_seg, warped).reshape(-1, others)
+    kl = kl_divergence(anchors(fmap), warped).reshape(-1, others)
     return jnp.mean(jnp.sum(kl, axis=1))
 
 
@@ -146,3 +180,24 @@ def part_diversity_loss(segmentation: jax.Array) -> jax.Array:
     usage_entropy = -jnp.sum(usage * jnp.log(jnp.maximum(usage, KL_EPS)))
     num_parts = seg.shape[-1] - 1
     return jnp.log(float(num_parts)) + pixel_entropy - usage_entropy
+
+
+def keypoint_separation_loss(keypoints: jax.Array, sigma: float) -> jax.Array:
+    """Not in the paper: the separation prior of Zhang et al. (CVPR 2018, Eq. 6) that keeps
+    unsupervised landmarks apart, `exp(-||p_k - p_l||^2 / (2 sigma^2))` averaged over the
+    K (K - 1) ordered pairs k != l of each image and over images.
+
+    Args:
+      keypoints: [B, K, 2] in [-1, 1].
+      sigma: the distance scale, in the same units.
+
+    Returns:
+      Scalar float32 in [0, 1]: 1 when all keypoints coincide.
+    """
+    num = keypoints.shape[1]
+    if num < 2:
+        return jnp.zeros((), jnp.float32)
+    diff = keypoints[:, :, None, :] - keypoints[:, None, :, :]
+    close = jnp.exp(-jnp.sum(jnp.square(diff), axis=-1) / (2.0 * sigma**2))
+    off_diagonal = 1.0 - jnp.eye(num, dtype=close.dtype)
+    return jnp.sum(close * off_diagonal) / (keypoints.shape[0] * num * (num - 1))

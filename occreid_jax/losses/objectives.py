@@ -21,7 +21,14 @@ import jax.numpy as jnp
 
 from occreid_jax.errors import UserError
 from occreid_jax.losses.classification import cross_entropy_label_smoothing
-from occreid_jax.losses.mat import consistency_loss, equivariance_loss, part_diversity_loss
+from occreid_jax.losses.mat import (
+    CONSISTENCY_PAIRS,
+    consistency_loss,
+    equivariance_loss,
+    feature_distribution,
+    keypoint_separation_loss,
+    part_diversity_loss,
+)
 from occreid_jax.losses.triplet import triplet_loss
 
 
@@ -124,6 +131,12 @@ def pirt_objective(aux: dict, labels: jax.Array, cfg: LossConfig):
     return loss, {"loss": loss, **metrics, "accuracy": accuracy}
 
 
+# What MAT's feature consistency warps and compares: the encoder output f_g (Eq. 8's image
+# features), backbone stages' maps (consistency_stages; not in the paper), or the part
+# segmentation itself (as first built; it has a trivial zero at uniform maps).
+CONSISTENCY_TARGETS = ("encoder", "backbone", "segmentation")
+
+
 @dataclasses.dataclass(frozen=True)
 class MatLossConfig(LossConfig):
     """config.loss of MAT: LossConfig's global-branch fields (ce_weight = lambda1,
@@ -135,6 +148,14 @@ class MatLossConfig(LossConfig):
     equivariance_weight: float = 10.0  # lambda5
     consistency_weight: float = 5.0  # lambda6
     part_diversity_weight: float = 0.0  # not in the paper (losses/mat.part_diversity_loss)
+    # What L_fc compares (CONSISTENCY_TARGETS), whether its gradient may reach those features,
+    # and which images of a group it pairs with A (losses/mat.consistency_loss).
+    consistency_target: str = "encoder"
+    consistency_stages: tuple[int, ...] = (2,)  # backbone stages of target "backbone"
+    consistency_stop_gradient: bool = True  # not in the paper
+    consistency_pairs: str = "all"  # "all" = Eq. 12; "first": not in the paper
+    keypoint_separation_weight: float = 0.0  # not in the paper (Zhang et al. 2018)
+    keypoint_separation_sigma: float = 0.1  # not in the paper
     tps_sigma_affine: float = 0.05
     tps_sigma_tps: float = 0.005
     tps_points: int = 5
@@ -147,16 +168,55 @@ class MatLossConfig(LossConfig):
         missing = sorted(n for n in names if n not in config.loss)
         if missing:
             raise UserError(f"config.loss lacks {', '.join(missing)}; start from configs/mat.py")
-        return cls(
+        settings = cls(
             **{n: config.loss[n] for n in names},
             mining_groups=mining_groups,
             group_size=config.data.instances_per_id,
         )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raises UserError for settings the model cannot serve."""
+        if self.consistency_target not in CONSISTENCY_TARGETS:
+            raise UserError(
+                f"unknown loss.consistency_target {self.consistency_target!r}; "
+                f"use one of {CONSISTENCY_TARGETS}"
+            )
+        if self.consistency_pairs not in CONSISTENCY_PAIRS:
+            raise UserError(
+                f"unknown loss.consistency_pairs {self.consistency_pairs!r}; "
+                f"use one of {CONSISTENCY_PAIRS}"
+            )
+        stages = tuple(self.consistency_stages)
+        if not stages or not all(1 <= s <= 4 for s in stages):
+            raise UserError(
+                f"loss.consistency_stages={stages} must name backbone stages, 1-4, e.g. '(2,)'"
+            )
 
 
 def _per_part(fn, features: jax.Array, *args) -> jax.Array:
     """Mean over parts of `fn(features[:, k], *args)` for [B, K, ...] features."""
     return jnp.mean(jax.vmap(lambda f: fn(f, *args), in_axes=1)(features))
+
+
+def consistency_maps(aux: dict, cfg: MatLossConfig) -> list[jax.Array]:
+    """What L_fc compares, per `cfg.consistency_target`: [B, h', w', C] distributions, one
+    map per compared level (several backbone stages are averaged).
+
+    Features become a softmax over channels at each position (`feature_distribution`),
+    behind a stop-gradient when `cfg.consistency_stop_gradient` (then L_fc trains only the
+    flow: segmentation, keypoints and Jacobians).
+    """
+    if cfg.consistency_target == "segmentation":
+        return [aux["segmentation"]]
+    if cfg.consistency_target == "encoder":
+        levels = [aux["feature_maps"]]
+    else:
+        levels = [aux["backbone_maps"][s - 1] for s in cfg.consistency_stages]
+    if cfg.consistency_stop_gradient:
+        levels = [jax.lax.stop_gradient(maps) for maps in levels]
+    return [feature_distribution(maps) for maps in levels]
 
 
 def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
@@ -215,10 +275,23 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
             metrics["part_diversity"] = diversity
     if "keypoints" in aux:
         metrics["keypoint_spread"] = jnp.mean(jnp.std(aux["keypoints"], axis=1))
+    if "keypoints" in aux and cfg.keypoint_separation_weight:
+        separation = keypoint_separation_loss(aux["keypoints"], cfg.keypoint_separation_sigma)
+        loss = loss + cfg.keypoint_separation_weight * separation
+        metrics["keypoint_separation"] = separation
     if "segmentation" in aux and "keypoints" in aux and cfg.group_size > 1:
-        fc = consistency_loss(
-            aux["segmentation"], aux["keypoints"], aux["jacobians"], cfg.group_size
-        )
+        levels = consistency_maps(aux, cfg)
+        fc = sum(
+            consistency_loss(
+                maps,
+                aux["segmentation"],
+                aux["keypoints"],
+                aux["jacobians"],
+                cfg.group_size,
+                cfg.consistency_pairs,
+            )
+            for maps in levels
+        ) / len(levels)
         loss = loss + cfg.consistency_weight * fc
         metrics["consistency"] = fc
     metrics["loss"] = loss

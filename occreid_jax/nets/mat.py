@@ -52,6 +52,11 @@ from occreid_jax.nets.transformer import DecoderLayer, EncoderLayer, sine_positi
 #   none             no keypoint branch: no motion, segmentation trained by the ID losses only
 KEYPOINT_SOURCES = ("self_supervised", "heatmaps", "none")
 POSITION_EMBEDDINGS = ("add", "concat")
+# model.map_features: what the keypoint and segment embeddings are multiplied with.
+#   encoder   f_g, the encoder output (our reading of the paper's "feature maps")
+#   backbone  the backbone map through its own 1x1 projection to d_model, without positions
+#             (not in the paper; keeps the maps spatial when the encoder's tokens grow alike)
+MAP_FEATURES = ("encoder", "backbone")
 
 # COCO joints (0 nose, 1-2 eyes, 3-4 ears, 5-6 shoulders, 7-8 elbows, 9-10 wrists, 11-12
 # hips, 13-14 knees, 15-16 ankles) grouped into K keypoints for model.keypoints="heatmaps".
@@ -131,6 +136,7 @@ class Mat(nn.Module):
       segmentation: the part-segmentation branch; False leaves only the global feature.
       scale_maps: divide the map dot products by sqrt(d_model), as attention logits (not in
         the paper, which multiplies plainly; off by default).
+      map_features: what the maps multiply the embeddings with, see `MAP_FEATURES`.
       dtype: compute dtype of backbone and transformer; heads and maps are float32.
       bn_axis_name: axis name for synchronised BatchNorm under pmap/shard_map.
     """
@@ -151,6 +157,7 @@ class Mat(nn.Module):
     keypoints: str = "self_supervised"
     segmentation: bool = True
     scale_maps: bool = False
+    map_features: str = "encoder"
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
 
@@ -174,6 +181,10 @@ class Mat(nn.Module):
             problems.append(
                 f"unknown model.position_embedding {self.position_embedding!r}; "
                 f"use one of {POSITION_EMBEDDINGS}"
+            )
+        if self.map_features not in MAP_FEATURES:
+            problems.append(
+                f"unknown model.map_features {self.map_features!r}; use one of {MAP_FEATURES}"
             )
         if self.d_model % self.num_heads or self.d_model % 4:
             problems.append(
@@ -218,18 +229,20 @@ class Mat(nn.Module):
             aux["feature_maps"] [B, h, w, d] (f_g), aux["global_feat"] [B, d] (its mean),
             aux["logits"] [B, C]; with segmentation
             aux["part_feat"] [B, K, d], aux["part_logits"] [B, K, C],
-            aux["segmentation"] [B, h, w, K+1] (softmax, channel 0 background); with
-            keypoints aux["keypoints"] [B, K, 2] ([-1, 1], see `motion`),
+            aux["segmentation"] [B, h, w, K+1] (softmax, channel 0 background);
+            aux["backbone_maps"] the output of every backbone stage (`ResNet.stage_outputs`);
+            with keypoints aux["keypoints"] [B, K, 2] ([-1, 1], see `motion`),
             aux["jacobians"] [B, K, 2, 2], aux["keypoint_heatmaps"] [B, h, w, K].
             Logits are absent when num_classes == 0; keypoints are absent with
             keypoints="heatmaps" when no heatmaps are given (inference).
         """
-        fmap = get_backbone(self.backbone)(
+        stages = get_backbone(self.backbone)(
             last_stride=self.last_stride,
             dtype=self.dtype,
             bn_axis_name=self.bn_axis_name,
             name="backbone",
-        )(x, train)
+        ).stage_outputs(x, train)
+        fmap = stages[-1]
         batch, height, width, _ = fmap.shape
         d, k = self.d_model, self.num_parts
 
@@ -239,6 +252,10 @@ class Mat(nn.Module):
                 d, self.num_heads, self.ffn_dim, self.dropout, self.dtype, name=f"encoder_{i}"
             )(tokens, train)
         features = tokens.astype(jnp.float32)  # f_g: [B, N, d], N = h * w
+        map_input = features
+        if self.map_features == "backbone":
+            map_input = nn.Dense(d, dtype=jnp.float32, name="map_proj")(fmap.astype(jnp.float32))
+            map_input = map_input.reshape(batch, height * width, d)
 
         num_kp = k if self.keypoints == "self_supervised" else 0
         num_seg = k + 1 if self.segmentation else 0
@@ -254,7 +271,7 @@ class Mat(nn.Module):
                 )(q, tokens, train)
             embeddings = q.astype(jnp.float32)
         scale = 1.0 / math.sqrt(d) if self.scale_maps else 1.0
-        aux: dict[str, Any] = {}
+        aux: dict[str, Any] = {"backbone_maps": stages}
 
         if self.keypoints != "none":
             # FOMM's Jacobian head: zero weights, bias = identity, so every J_k starts at I.
@@ -268,7 +285,7 @@ class Mat(nn.Module):
             heat = None
             if self.keypoints == "self_supervised":
                 emb = MLPHead(d, self.head_layers, name="keypoint_head")(embeddings[:, :num_kp])
-                logits = jnp.einsum("bnd,bkd->bnk", features, emb) * scale
+                logits = jnp.einsum("bnd,bkd->bnk", map_input, emb) * scale
                 points, heat = motion.soft_argmax(
                     logits.reshape(batch, height, width, k), self.temperature
                 )
@@ -300,7 +317,7 @@ class Mat(nn.Module):
 
         if self.segmentation:
             emb = MLPHead(d, self.head_layers, name="segment_head")(embeddings[:, num_kp:])
-            seg = jax.nn.softmax(jnp.einsum("bnd,bkd->bnk", features, emb) * scale, axis=-1)
+            seg = jax.nn.softmax(jnp.einsum("bnd,bkd->bnk", map_input, emb) * scale, axis=-1)
             part_weights = seg[..., 1:]  # [B, N, K], background excluded
             mass = part_weights.sum(axis=1)  # [B, K]
             part_feat = jnp.einsum("bnk,bnd->bkd", part_weights, features) / (
