@@ -1,7 +1,7 @@
 """The flow probe: which motion does MAT's feature consistency (L_fc) reward on this data?
 
 Scores L_fc, as the config computes it (what it compares, which pairs), on N training groups
-drawn by the training sampler and pipeline, under reference flows (`occreid_jax/flow_probe.py`):
+drawn by the training sampler and pipeline, under the flows of `occreid_jax/reference_flows.py`:
 no motion, one global translation and one global affine fitted to ground-truth joints, the
 learned flow of a checkpoint, the learned motions under a uniform segmentation, the best
 single part's motion, and the ground-truth part flow (nearest-joint partition of A, one
@@ -29,7 +29,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from occreid_jax import flow_probe, nets
+from occreid_jax import flow_probe, nets, reference_flows
 from occreid_jax.data import datasets
 from occreid_jax.errors import UserError
 from occreid_jax.experiment import Experiment, model_kwargs
@@ -45,7 +45,7 @@ _GT_PARTS = flags.DEFINE_integer(
     "gt_parts", 0, "joint groups of the ground-truth flow (3, 6, 10, 17; 0: the model's K)"
 )
 _RADIUS = flags.DEFINE_float(
-    "background_radius", flow_probe.BACKGROUND_RADIUS, "static beyond this (image heights)"
+    "background_radius", reference_flows.BACKGROUND_RADIUS, "static beyond this (image heights)"
 )
 _OUT = flags.DEFINE_string("out", "", "JSON output (default <workdir>/flow_probe.json)")
 
@@ -108,7 +108,7 @@ def main(argv):
     )
     print(table(scores))
     if "segmentation" in aux:
-        stats = flow_probe.part_statistics(aux["segmentation"], aux.get("keypoints"))
+        stats = reference_flows.part_statistics(aux["segmentation"], aux.get("keypoints"))
         print("parts: " + ", ".join(f"{k} {v:.3g}" for k, v in stats.items()))
     if verdict:
         word = "PASSED" if verdict["passed"] else "FAILED"

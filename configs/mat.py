@@ -112,9 +112,9 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # L_eq and L_fc into the shared encoder output (sqrt(d) times larger) kept the global
     # feature collapsed: 3 epochs end at CE 4.99 plainly, 4.4-4.6 scaled (chance 5.01).
     config.model.scale_maps = True
-    # What the embeddings multiply: "encoder" (f_g, our reading of "the feature maps") or
-    # "backbone" (the backbone map through its own 1x1 projection; not in the paper).
-    config.model.map_features = "encoder"
+    # What the segment embeddings multiply: "encoder" (f_g, our reading of "the feature maps")
+    # or "backbone" (the backbone map through its own 1x1 projection; not in the paper).
+    config.model.segment_features = "encoder"
 
     config.data.image_size = (256, 128)
     config.data.batch_size = 64  # 16 identities x 4 images
@@ -154,6 +154,9 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # the flow: segmentation, keypoints, Jacobians); without it, flattening the features
     # also lowers the KL.
     loss.consistency_stop_gradient = True
+    # Not in the paper: False moves each part of the flow by a translation (identity
+    # Jacobians) instead of Eq. 5's affine motion; L_eq still trains the Jacobians.
+    loss.consistency_jacobians = True
     # "all": A against B, C and D (Eq. 12); "first": against B only (not in the paper).
     loss.consistency_pairs = "all"
     # Not in the paper: Zhang et al. (2018)'s separation prior on the keypoints, weight and

@@ -6,6 +6,7 @@ and (except train from scratch) restore the workdir's latest checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -238,10 +239,12 @@ class Experiment:
     def model_and_checkpointer(self, num_classes: int):
         kwargs = model_kwargs(self.config, num_classes)
         model = nets.build_model(self.config.model.name, **kwargs)
+        fields = dataclasses.fields(nets.MODELS[self.config.model.name])
         checkpointer = Checkpointer(
             os.path.join(self.workdir, "checkpoints"),
             _signature(self.config, kwargs),
             max_to_keep=self.config.train.max_checkpoints,
+            model_defaults={f.name: f.default for f in fields if isinstance(f.default, str | int)},
         )
         return model, kwargs, checkpointer
 

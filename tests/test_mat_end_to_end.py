@@ -1,6 +1,7 @@
 """MAT through the real loop on the tiny synthetic set: train, evaluate by its own matching rule,
 visualize, export and evaluate the export."""
 
+import json
 import os
 
 import cv2
@@ -43,6 +44,15 @@ def test_train_eval_visualize_export(tmp_path):
     assert record["step"] == 2
     for row in ("occluded queries", "holistic queries"):
         assert 0.0 < record["results"][row]["mAP"] <= 1.0
+
+    # Every evaluation also reports the parts (eval mode, gallery and training groups).
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        parts = [r for r in map(json.loads, f) if r["kind"] == "parts"]
+    assert [r["step"] for r in parts] == [2]
+    assert 1.0 / 4 - 1e-6 <= parts[0]["gallery_part_confidence"] <= 1.0
+    assert 0 <= parts[0]["gallery_parts_overall"] <= 3
+    for name in ("learned", "no_motion", "uniform_segmentation", "best_single_part"):
+        assert parts[0][f"lfc_{name}"] >= 0.0
 
     # Evaluation used MAT's own rule (global + visibility-weighted parts).
     assert matching.own_rule("mat", {"parts": 0, "visibility": 0}, config.eval) is not None

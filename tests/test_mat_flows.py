@@ -5,10 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from occreid_jax import flow_probe, motion
+from occreid_jax import motion, reference_flows
 from occreid_jax.errors import UserError
 from occreid_jax.losses import mat as mat_losses
-from occreid_jax.losses.objectives import MatLossConfig, consistency_maps, mat_objective
+from occreid_jax.losses.objectives import (
+    MatLossConfig,
+    consistency_maps,
+    flow_jacobians,
+    mat_objective,
+)
 
 IDENTITY = np.broadcast_to(np.eye(2, dtype=np.float32), (2, 2, 2))
 
@@ -71,12 +76,12 @@ def test_the_probe_finds_the_moving_part_as_the_best_single_part():
     jac = jnp.asarray(IDENTITY[None])
     scores = {}
     for channel in (0, 1, 2):
-        seg = flow_probe.constant_segmentation(1, 3, channel)
-        coords = flow_probe.segmentation_flow(seg, kp_a, jac, kp_x, jac, (16, 8))
-        scores[channel] = flow_probe.score(maps[:1], maps[1:], coords)[0]
+        seg = reference_flows.constant_segmentation(1, 3, channel)
+        coords = reference_flows.segmentation_flow(seg, kp_a, jac, kp_x, jac, (16, 8))
+        scores[channel] = reference_flows.score(maps[:1], maps[1:], coords)[0]
     assert scores[2] < 1e-5 < 0.1 < scores[1]
     np.testing.assert_allclose(scores[1], scores[0], rtol=1e-6)
-    no_motion = flow_probe.score(maps[:1], maps[1:], flow_probe.no_motion(1, (16, 8)))[0]
+    no_motion = reference_flows.score(maps[:1], maps[1:], reference_flows.no_motion(1, (16, 8)))[0]
     np.testing.assert_allclose(no_motion, scores[0], rtol=1e-6)
 
 
@@ -119,6 +124,23 @@ def test_segmentation_target_compares_the_part_maps_as_first_built():
     second, first = consistency_maps({**aux, "backbone_maps": stages}, backbone)
     np.testing.assert_allclose(second, np.full((4, 8, 4, 3), 1 / 3), rtol=1e-6)
     np.testing.assert_allclose(first, np.full((4, 16, 8, 2), 1 / 2), rtol=1e-6)
+
+
+def test_without_jacobians_the_parts_move_by_translations():
+    aux = _random_group(np.random.default_rng(9))
+    off = MatLossConfig(consistency_jacobians=False)
+    np.testing.assert_array_equal(
+        flow_jacobians(aux, off), np.broadcast_to(np.eye(2), (4, 2, 2, 2))
+    )
+    np.testing.assert_array_equal(flow_jacobians(aux, MatLossConfig()), aux["jacobians"])
+    labels = jnp.asarray(np.repeat([0], 4), jnp.int32)
+    aux = {**aux, "logits": jnp.zeros((4, 2)), "global_feat": jnp.ones((4, 3))}
+    _, metrics = mat_objective(aux, labels, off)
+    (maps,) = consistency_maps(aux, off)
+    expected = mat_losses.consistency_loss(
+        maps, aux["segmentation"], aux["keypoints"], flow_jacobians(aux, off), 4
+    )
+    np.testing.assert_allclose(metrics["consistency"], expected, rtol=1e-6)
 
 
 def test_first_pairs_compare_a_with_b_only():
@@ -182,7 +204,7 @@ def test_bad_consistency_settings_are_one_line_errors(field, value, message):
 def test_global_translation_is_the_mean_joint_displacement():
     a = np.asarray([[[0.0, 0.0], [0.2, 0.0], [0.0, 0.4]]], np.float32)
     x = a + np.asarray([[[0.1, 0.1], [0.1, 0.2], [0.1, 0.0]]], np.float32)
-    coords = flow_probe.global_translation(a, x, (4, 2))
+    coords = reference_flows.global_translation(a, x, (4, 2))
     grid = np.asarray(motion.make_grid(4, 2))
     np.testing.assert_allclose(coords[0], grid + [0.1, 0.1], atol=1e-6)
 
@@ -192,7 +214,7 @@ def test_global_affine_recovers_an_affine_motion_exactly():
     a = rng.uniform(-0.8, 0.8, (2, 6, 2)).astype(np.float32)
     matrix, offset = np.asarray([[1.1, 0.2], [-0.1, 0.9]]), np.asarray([0.05, -0.1])
     x = a @ matrix.T + offset
-    coords = flow_probe.global_affine(a, x, (4, 2))
+    coords = reference_flows.global_affine(a, x, (4, 2))
     grid = np.asarray(motion.make_grid(4, 2))
     np.testing.assert_allclose(coords[1], grid @ matrix.T + offset, atol=1e-5)
 
@@ -202,13 +224,21 @@ def test_joint_part_flow_moves_each_position_with_its_nearest_joint_group():
     to each joint move with it, a far corner stays."""
     a = np.asarray([[[-0.25, -0.5], [0.25, 0.5]]], np.float32)  # near cells (1, 1), (5, 2)
     x = a + np.asarray([[[0.1, 0.0], [0.0, -0.2]]], np.float32)
-    coords = flow_probe.joint_part_flow(a, x, (8, 4), ((0,), (1,)), background_radius=0.1)
+    coords = reference_flows.joint_part_flow(a, x, (8, 4), ((0,), (1,)), background_radius=0.1)
     grid = np.asarray(motion.make_grid(8, 4))
     np.testing.assert_allclose(coords[0, 1, 1], grid[1, 1] + [0.1, 0.0], atol=1e-6)
     np.testing.assert_allclose(coords[0, 5, 2], grid[5, 2] + [0.0, -0.2], atol=1e-6)
     np.testing.assert_allclose(coords[0, 7, 0], grid[7, 0], atol=1e-6)  # 0.25 heights away
     with pytest.raises(ValueError, match="no group"):
-        flow_probe.joint_part_flow(a, x, (8, 4), ((0,),), background_radius=0.1)
+        reference_flows.joint_part_flow(a, x, (8, 4), ((0,),), background_radius=0.1)
+
+
+def test_an_upsampled_translation_stays_that_translation():
+    coarse = reference_flows.global_translation(
+        np.zeros((1, 1, 2), np.float32), np.full((1, 1, 2), 0.2, np.float32), (8, 4)
+    )
+    fine = reference_flows.upsample_flow(coarse, (32, 16))
+    np.testing.assert_allclose(fine[0], np.asarray(motion.make_grid(32, 16)) + 0.2, atol=1e-5)
 
 
 def test_part_statistics_by_hand():
@@ -217,7 +247,7 @@ def test_part_statistics_by_hand():
     seg[0, 0, :, 0], seg[0, 1, :, 0] = 0.3, 0.3
     seg[1, :, 0, 3], seg[1, :, 1, 0] = 1.0, 1.0  # image 1: part 3 and the background win
     keypoints = np.asarray([[[-1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]] * 2, np.float32)
-    stats = flow_probe.part_statistics(seg, keypoints)
+    stats = reference_flows.part_statistics(seg, keypoints)
     assert stats["parts_per_image"] == 1.5 and stats["parts_overall"] == 3
     np.testing.assert_allclose(stats["part_confidence"], (0.7 + 1.0) / 2, rtol=1e-6)
     # std over parts: x (-1, 1, 0) -> sqrt(2/3), y -> 0; mean over x and y.

@@ -153,6 +153,7 @@ class MatLossConfig(LossConfig):
     consistency_target: str = "encoder"
     consistency_stages: tuple[int, ...] = (2,)  # backbone stages of target "backbone"
     consistency_stop_gradient: bool = True  # not in the paper
+    consistency_jacobians: bool = True  # False: part motions are translations (not in the paper)
     consistency_pairs: str = "all"  # "all" = Eq. 12; "first": not in the paper
     keypoint_separation_weight: float = 0.0  # not in the paper (Zhang et al. 2018)
     keypoint_separation_sigma: float = 0.1  # not in the paper
@@ -217,6 +218,14 @@ def consistency_maps(aux: dict, cfg: MatLossConfig) -> list[jax.Array]:
     if cfg.consistency_stop_gradient:
         levels = [jax.lax.stop_gradient(maps) for maps in levels]
     return [feature_distribution(maps) for maps in levels]
+
+
+def flow_jacobians(aux: dict, cfg: MatLossConfig) -> jax.Array:
+    """The Jacobians L_fc's part motions use: the model's [B, K, 2, 2], or identities when
+    `cfg.consistency_jacobians` is off (each part then moves by a translation)."""
+    if cfg.consistency_jacobians:
+        return aux["jacobians"]
+    return jnp.broadcast_to(jnp.eye(2, dtype=jnp.float32), aux["jacobians"].shape)
 
 
 def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
@@ -286,7 +295,7 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
                 maps,
                 aux["segmentation"],
                 aux["keypoints"],
-                aux["jacobians"],
+                flow_jacobians(aux, cfg),
                 cfg.group_size,
                 cfg.consistency_pairs,
             )

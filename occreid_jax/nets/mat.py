@@ -52,11 +52,12 @@ from occreid_jax.nets.transformer import DecoderLayer, EncoderLayer, sine_positi
 #   none             no keypoint branch: no motion, segmentation trained by the ID losses only
 KEYPOINT_SOURCES = ("self_supervised", "heatmaps", "none")
 POSITION_EMBEDDINGS = ("add", "concat")
-# model.map_features: what the keypoint and segment embeddings are multiplied with.
+# model.segment_features: what the segment embeddings are multiplied with (the keypoint
+# embeddings always multiply f_g).
 #   encoder   f_g, the encoder output (our reading of the paper's "feature maps")
 #   backbone  the backbone map through its own 1x1 projection to d_model, without positions
 #             (not in the paper; keeps the maps spatial when the encoder's tokens grow alike)
-MAP_FEATURES = ("encoder", "backbone")
+SEGMENT_FEATURES = ("encoder", "backbone")
 
 # COCO joints (0 nose, 1-2 eyes, 3-4 ears, 5-6 shoulders, 7-8 elbows, 9-10 wrists, 11-12
 # hips, 13-14 knees, 15-16 ankles) grouped into K keypoints for model.keypoints="heatmaps".
@@ -136,7 +137,8 @@ class Mat(nn.Module):
       segmentation: the part-segmentation branch; False leaves only the global feature.
       scale_maps: divide the map dot products by sqrt(d_model), as attention logits (not in
         the paper, which multiplies plainly; off by default).
-      map_features: what the maps multiply the embeddings with, see `MAP_FEATURES`.
+      segment_features: what the segmentation multiplies its embeddings with, see
+        `SEGMENT_FEATURES`.
       dtype: compute dtype of backbone and transformer; heads and maps are float32.
       bn_axis_name: axis name for synchronised BatchNorm under pmap/shard_map.
     """
@@ -157,7 +159,7 @@ class Mat(nn.Module):
     keypoints: str = "self_supervised"
     segmentation: bool = True
     scale_maps: bool = False
-    map_features: str = "encoder"
+    segment_features: str = "encoder"
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
 
@@ -182,9 +184,10 @@ class Mat(nn.Module):
                 f"unknown model.position_embedding {self.position_embedding!r}; "
                 f"use one of {POSITION_EMBEDDINGS}"
             )
-        if self.map_features not in MAP_FEATURES:
+        if self.segment_features not in SEGMENT_FEATURES:
             problems.append(
-                f"unknown model.map_features {self.map_features!r}; use one of {MAP_FEATURES}"
+                f"unknown model.segment_features {self.segment_features!r}; "
+                f"use one of {SEGMENT_FEATURES}"
             )
         if self.d_model % self.num_heads or self.d_model % 4:
             problems.append(
@@ -252,10 +255,11 @@ class Mat(nn.Module):
                 d, self.num_heads, self.ffn_dim, self.dropout, self.dtype, name=f"encoder_{i}"
             )(tokens, train)
         features = tokens.astype(jnp.float32)  # f_g: [B, N, d], N = h * w
-        map_input = features
-        if self.map_features == "backbone":
-            map_input = nn.Dense(d, dtype=jnp.float32, name="map_proj")(fmap.astype(jnp.float32))
-            map_input = map_input.reshape(batch, height * width, d)
+        segment_input = features
+        if self.segment_features == "backbone":
+            segment_input = nn.Dense(d, dtype=jnp.float32, name="segment_proj")(
+                fmap.astype(jnp.float32)
+            ).reshape(batch, height * width, d)
 
         num_kp = k if self.keypoints == "self_supervised" else 0
         num_seg = k + 1 if self.segmentation else 0
@@ -285,7 +289,7 @@ class Mat(nn.Module):
             heat = None
             if self.keypoints == "self_supervised":
                 emb = MLPHead(d, self.head_layers, name="keypoint_head")(embeddings[:, :num_kp])
-                logits = jnp.einsum("bnd,bkd->bnk", map_input, emb) * scale
+                logits = jnp.einsum("bnd,bkd->bnk", features, emb) * scale
                 points, heat = motion.soft_argmax(
                     logits.reshape(batch, height, width, k), self.temperature
                 )
@@ -317,7 +321,8 @@ class Mat(nn.Module):
 
         if self.segmentation:
             emb = MLPHead(d, self.head_layers, name="segment_head")(embeddings[:, num_kp:])
-            seg = jax.nn.softmax(jnp.einsum("bnd,bkd->bnk", map_input, emb) * scale, axis=-1)
+            logits = jnp.einsum("bnd,bkd->bnk", segment_input, emb) * scale
+            seg = jax.nn.softmax(logits, axis=-1)
             part_weights = seg[..., 1:]  # [B, N, K], background excluded
             mass = part_weights.sum(axis=1)  # [B, K]
             part_feat = jnp.einsum("bnk,bnd->bkd", part_weights, features) / (
