@@ -152,6 +152,9 @@ def flow_scores(
                     ("ground-truth parts, soft (joints)", soft_joint_part_flow),
                 ):
                     add(name, flow(a, x, size, ground_truth_groups, background_radius, aspect))
+                whole_body = (tuple(range(a.shape[1])),)
+                body = soft_joint_part_flow(a, x, size, whole_body, background_radius, aspect)
+                add("ground-truth body as one part, soft (joints)", body)
                 if "segmentation" in aux and aux["segmentation"].shape[1:3] != size:
                     coarse_size = aux["segmentation"].shape[1:3]
                     coarse = soft_joint_part_flow(

@@ -77,6 +77,7 @@ class SyntheticOccludedReidConfig(tfds.core.BuilderConfig):
     # (`render.render_tracklet`: one view and background window, the walking phase advancing)
     # instead of independent images; the test splits are unchanged.
     tracklets: bool = False
+    tracklet_phase_step: tuple[float, float] = (0.3, 0.6)  # radians per frame
     seed: int = 0
 
     def validate(self) -> None:
@@ -177,6 +178,12 @@ class SyntheticOccludedReid(tfds.core.GeneratorBasedBuilder):
             name="tracklets",
             description="default, with each identity's train images in a camera one tracklet.",
             tracklets=True,
+        ),
+        SyntheticOccludedReidConfig(
+            name="tracklets_wide",
+            description="tracklets, with larger steps of the walking phase between frames.",
+            tracklets=True,
+            tracklet_phase_step=(0.8, 1.6),
         ),
         SyntheticOccludedReidConfig(
             name="tiny",
@@ -290,6 +297,7 @@ def _render_tracklets(
             cfg.image_width,
             [s.occluded for s in members],
             tuple(cfg.occluded_fraction),
+            tuple(cfg.tracklet_phase_step),
         )
         frames.update({(pid, s.index): out for s, out in zip(members, rendered, strict=True)})
     return frames
