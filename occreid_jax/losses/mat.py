@@ -5,23 +5,18 @@ The whole objective (Eq. 9, with the ID and triplet terms) is `objectives.mat_ob
 * L_eq: FOMM's equivariance of keypoints and Jacobians under a random TPS warp (Eq. 14), L1:
   `mean |p_k - T(p'_k)| + mean |I - J_k^-1 dT(p'_k) J'_k|`, p', J' from the warped images
   (the second forward pass of `equivariance.py`).
-* L_fc: feature consistency (Eq. 10-12): in every identity group of the P x K batch the first
-  image is A; each other image X's part distribution is brought into A's frame by the motion
-  flow `F_{A<-X}` (`motion.warp_to_target`) and compared by `KL(f_A || f_AX)` (Eq. 10),
-  summed over X (Eq. 12), averaged over groups. Eq. 10 is a KL between distributions: the
-  per-pixel (K+1)-channel maps of an h x w image hold N = h w units of mass, so each is
-  divided by N to make one distribution over (position, part); the KL is then the mean over
-  positions of the per-pixel KL. (Summing the per-pixel KLs instead, N times larger, gave L_fc
-  at weight 5 a backbone gradient ~5000x the ID loss's at the synthetic size and at init, and
-  collapsed the shared encoder features to one image-independent map.)
-
+* L_fc: feature consistency (Eq. 8, 10-12): in every identity group of the P x K batch the
+  first image is A; each other image X's maps are brought into A's frame by the flow
+  `F_{A<-X}` that A's segmentation composes from the part motions (`motion.warp_to_target`)
+  and compared by `KL(f_A || f_AX)` (Eq. 10), summed over X (Eq. 12), averaged over groups.
+  The maps are image features as per-position distributions (`feature_distribution`), or
+  the segmentation itself (the reading first built, which is zero for uniform maps). A map
+  of h x w positions is one distribution over (position, channel) after dividing by h w, so
+  the KL is the mean over positions of the per-position KL.
+* Keypoint separation (not in the paper): Zhang et al.'s prior that keeps keypoints apart
+  (`keypoint_separation_loss`).
 * L_div (not in the paper): `log K + H_pixel - H_usage`, minus the mutual information between
-  a pixel and its part (`part_diversity_loss`). L_fc is zero for any segmentation that is
-  the same uniform map on every image, and the ID losses on part features are as happy with
-  K copies of the global feature: nothing in Eq. 9 keeps the K+1 maps apart (co-part
-  segmentation's reconstruction loss did, and MAT dropped it). On the synthetic benchmark
-  every run of Eq. 9 ends at uniform maps (mean max probability 1/(K+1)). L_div does not
-  change that while L_fc is on; without L_fc it is gamed (each image all one part).
+  a pixel and its part (`part_diversity_loss`), a term that pushes the K+1 maps apart.
 
 Pure functions of arrays; the motion geometry comes from `occreid_jax.motion`.
 """
@@ -164,8 +159,7 @@ def part_diversity_loss(segmentation: jax.Array) -> jax.Array:
     free. Uniform maps give log K + log(K+1) - log K = log(K+1); the minimum, 0, is reached by
     hard assignments that use every part equally often. Batch-level usage (not per image)
     lets a part be absent from an occluded image, but also lets every pixel of an image take
-    one part, a different one per image: the minimum without any spatial parts, which
-    training on the synthetic benchmark found.
+    one part, a different one per image: a minimum without any spatial parts.
 
     Args:
       segmentation: [B, h, w, K+1] part distributions (channel 0 background).

@@ -236,7 +236,11 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
     * Tri: soft-margin batch-hard triplet (Eq. 17; `cfg.triplet_metric` "sqeuclidean") on the
       features before their BNNeck; parts mined separately and averaged (not in the paper).
     * L_eq = value + Jacobian term (`losses/mat.equivariance_loss`), when the equivariance
-      pass ran; L_fc (`losses/mat.consistency_loss`) when there are keypoints and parts.
+      pass ran; L_fc (`losses/mat.consistency_loss`) when there are keypoints and parts, on
+      the maps `consistency_maps` picks and averaged over them, with the part motions'
+      Jacobians of `flow_jacobians`.
+    * Keypoint separation (`cfg.keypoint_separation_weight`, not in the paper) and L_div
+      (`cfg.part_diversity_weight`, not in the paper) when their weights are non-zero.
 
     Metrics also report `segmentation_confidence` (mean max part probability per pixel:
     1/(K+1) for uniform maps) and `keypoint_spread` (std of the keypoints over parts: 0 when
