@@ -223,3 +223,44 @@ def part_report(
 def _segmentation_and_keypoints(apply_fn, variables, images):
     aux = model_outputs(apply_fn, variables, images)
     return aux["segmentation"], aux.get("keypoints")
+
+
+# ----------------------------------------------------------------------------- the gate
+
+GLOBAL_MOTIONS = ("global translation (joints)", "global affine (joints)")
+GROUND_TRUTH = ("ground-truth parts (joints)", "ground-truth parts, soft (joints)")
+
+
+WHOLE_BODY = "ground-truth body as one part, soft (joints)"
+
+
+def gate(scores: dict, margin: float) -> dict | None:
+    """The gate: can a loss that rewards these scores produce parts at all?
+
+    `gain` = 1 - (better ground-truth part flow) / (better global motion); the gate passes
+    when it is at least `margin`. `body_gain` compares the soft part flow with the whole body
+    moving as one part over the static background: below 0, the loss prefers one segment for
+    the person to a split of the body.
+
+    Returns:
+      {"gain", "body_gain", "margin", "passed"}, or None without ground-truth joints.
+    """
+    if GROUND_TRUTH[0] not in scores:
+        return None
+    best_global = min(scores[name] for name in GLOBAL_MOTIONS)
+    gain = 1.0 - min(scores[name] for name in GROUND_TRUTH) / best_global
+    body_gain = 1.0 - scores[GROUND_TRUTH[1]] / scores[WHOLE_BODY]
+    return {"gain": gain, "body_gain": body_gain, "margin": margin, "passed": gain >= margin}
+
+
+def table(scores: dict) -> str:
+    """Markdown table of the scores, relative to no motion."""
+    base = scores["no motion"]
+    lines = ["| flow | L_fc | vs no motion |", "|---|---|---|"]
+    for name, value in scores.items():
+        if name.endswith("index"):
+            continue
+        if name == "best single part":
+            name = f"{name} ({scores['best single part index']})"
+        lines.append(f"| {name} | {value:.4f} | {value / base - 1:+.1%} |")
+    return "\n".join(lines)

@@ -54,6 +54,22 @@ def test_train_eval_visualize_export(tmp_path):
     for name in ("learned", "no_motion", "uniform_segmentation", "best_single_part"):
         assert parts[0][f"lfc_{name}"] >= 0.0
 
+    # The flow probe on the trained model: every reference flow scores a finite L_fc.
+    from occreid_jax import flow_probe
+    from occreid_jax.data import datasets
+    from occreid_jax.losses.objectives import loss_settings
+    from occreid_jax.nets.mat import COCO_GROUPS
+
+    exp = experiment.Experiment(config, workdir)
+    model, _, state = exp.restored_state()
+    split = datasets.load_split(exp.builder, "train", with_heatmaps=False)
+    groups = flow_probe.collect_groups(config, split, 4)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    aux = flow_probe.model_outputs(model.apply, variables, groups.images.reshape(16, 64, 32, 3))
+    scores = flow_probe.flow_scores(aux, groups, loss_settings(config), (64, 32), COCO_GROUPS[3])
+    assert np.isfinite(list(scores.values())).all() and len(scores) == 11
+    assert flow_probe.gate(scores, 0.05)["passed"] in (True, False)
+
     # Evaluation used MAT's own rule (global + visibility-weighted parts).
     assert matching.own_rule("mat", {"parts": 0, "visibility": 0}, config.eval) is not None
 

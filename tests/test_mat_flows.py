@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from occreid_jax import motion, reference_flows
+from occreid_jax import flow_probe, motion, reference_flows
 from occreid_jax.errors import UserError
 from occreid_jax.losses import mat as mat_losses
 from occreid_jax.losses.objectives import (
@@ -252,3 +252,26 @@ def test_part_statistics_by_hand():
     np.testing.assert_allclose(stats["part_confidence"], (0.7 + 1.0) / 2, rtol=1e-6)
     # std over parts: x (-1, 1, 0) -> sqrt(2/3), y -> 0; mean over x and y.
     np.testing.assert_allclose(stats["keypoint_spread"], np.sqrt(2 / 3) / 2, rtol=1e-6)
+
+
+def test_the_gate_compares_the_better_part_flow_with_the_better_global_motion():
+    scores = {
+        "no motion": 1.0,
+        "global translation (joints)": 0.80,
+        "global affine (joints)": 0.90,
+        "ground-truth parts (joints)": 0.78,
+        "ground-truth parts, soft (joints)": 0.74,
+        "ground-truth body as one part, soft (joints)": 0.70,
+        "best single part": 0.85,
+        "best single part index": 3,
+    }
+    verdict = flow_probe.gate(scores, 0.05)
+    np.testing.assert_allclose(verdict["gain"], 1 - 0.74 / 0.80)  # 7.5%: passes
+    np.testing.assert_allclose(verdict["body_gain"], 1 - 0.74 / 0.70)  # the body wins
+    assert verdict["passed"]
+    worse = {**scores, "ground-truth parts, soft (joints)": 0.77}  # 3.75%: fails
+    assert not flow_probe.gate(worse, 0.05)["passed"]
+    assert flow_probe.gate({"no motion": 1.0}, 0.05) is None
+    table = flow_probe.table(scores)
+    assert "| best single part (3) | 0.8500 | -15.0% |" in table
+    assert "index" not in table
