@@ -409,7 +409,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         results = evaluate_splits(embed(state), config.model.name, exp.eval_splits, config)
         log.write("eval", step, results)
         if mat_parts_reported(config):  # MAT: are its parts real (flow_probe.part_report)?
-            part_groups = part_groups or flow_probe.collect_groups(config, train_split, 32)
+            part_groups = part_groups or flow_probe.collect_groups(
+                config, train_split, flow_probe.REPORT_GROUPS
+            )
             variables = {"params": state.params, "batch_stats": state.batch_stats}
             report = flow_probe.part_report(
                 model.apply, variables, exp.eval_splits["gallery"], part_groups, settings,

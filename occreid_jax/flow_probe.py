@@ -186,8 +186,10 @@ def flow_scores(
     return scores
 
 
-# Gallery images the eval-time part report looks at (the first ones of the split).
+# What the eval-time part report looks at: the first gallery images of the split, and
+# training groups drawn as the first batches of training draw them.
 GALLERY_LIMIT = 256
+REPORT_GROUPS = 32
 
 
 def part_report(
