@@ -123,8 +123,8 @@ def memory_child(path: str, settings: dict) -> None:
     print(json.dumps({"before_mib": before, "peak_mib": peak, "mAP": r["mAP"]}))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The problem's flags (sizes, ids, cameras, features, metric, memory, backend, seed)."""
     p.add_argument("--queries", type=int, default=2210)
     p.add_argument("--gallery", type=int, default=17661)
     p.add_argument("--query-ids", type=int, default=519)
@@ -134,12 +134,17 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=4.0, help="noise std around identity centres")
     p.add_argument("--metric", default="cosine", choices=("cosine", "euclidean"))
     p.add_argument("--memory-mib", type=float, default=tiling.DEFAULT_MEMORY_MIB)
-    p.add_argument("--chunk-size", type=int, default=0, help="whole-row blocks of N queries")
     p.add_argument("--backend", default="auto", choices=tiling.BACKENDS)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_data_arguments(p)
+    p.add_argument("--chunk-size", type=int, default=0, help="whole-row blocks of N queries")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--reference-queries", type=int, default=2210, help="queries for (d)'s loop")
     p.add_argument("--per-query-queries", type=int, default=200, help="queries timed for (c)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     backend = tiling.resolve_backend(args.backend)

@@ -29,12 +29,12 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from occreid_jax import flow_probe, nets, reference_flows
+from occreid_jax import families, flow_probe, reference_flows
 from occreid_jax.data import datasets
 from occreid_jax.errors import UserError
-from occreid_jax.experiment import Experiment, model_kwargs
 from occreid_jax.losses.objectives import MatLossConfig
 from occreid_jax.nets.mat import COCO_GROUPS
+from occreid_jax.run import Run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "MAT config file and variant.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "run whose latest checkpoint gives the features")
@@ -55,15 +55,15 @@ def main(argv):
     config = _CONFIG.value
     if config.model.name != "mat":
         raise UserError("the flow probe needs a MAT config (configs/mat.py)")
-    exp = Experiment(config, _WORKDIR.value or "/tmp/mat_flow_probe_untrained")
-    split = datasets.load_split(exp.builder, "train", with_heatmaps=False)
+    run = Run(config, _WORKDIR.value or "/tmp/mat_flow_probe_untrained")
+    split = datasets.load_split(run.builder, "train", with_heatmaps=False)
     settings = MatLossConfig.from_run_config(config)
     groups = flow_probe.collect_groups(config, split, _GROUPS.value, _AUGMENT.value)
     if _WORKDIR.value:
-        model, _, state = exp.restored_state()
+        model, _, state = run.restored_state()
         variables = {"params": state.params, "batch_stats": state.batch_stats}
     else:
-        model = nets.build_model("mat", **model_kwargs(config, split.num_classes))
+        model = families.build_model("mat", **families.model_kwargs(config, split.num_classes))
         dummy = groups.images[0, :1]
         variables = jax.jit(lambda x: model.init(jax.random.PRNGKey(config.seed), x, train=False))(
             dummy

@@ -42,7 +42,7 @@ def _batch(batch: int, k: int, size: tuple[int, int], seed: int = 0):
 
 
 def jax_step(args, images, labels, num_classes):
-    from occreid_jax import nets, optim
+    from occreid_jax import families, optim
     from occreid_jax.losses.objectives import LossConfig, baseline_objective
     from occreid_jax.train import create_train_state, parallel_train_step
 
@@ -53,7 +53,7 @@ def jax_step(args, images, labels, num_classes):
             cosine_start_epoch=10, final_lr=1e-6, epochs=10,
         )
     )  # fmt: skip
-    model = nets.build_model(
+    model = families.build_model(
         "baseline", num_classes=num_classes, backbone=args.backbone, dtype=args.dtype,
         bn_axis_name="batch",
     )  # fmt: skip

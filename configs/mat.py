@@ -1,4 +1,4 @@
-"""MAT, the motion-aware transformer (papers/mat-paper.md): the paper's training settings.
+"""MAT, the motion-aware transformer (Zhou et al.; docs/mat-choices.md): the paper's settings.
 
 ResNet-50, 256 x 128, P=16 x K=4 (batch 64), SGD momentum 0.9, weight decay 1e-4, lr 0.01
 x0.1 every 30 epochs, 100 epochs, K=10 parts; flip, pad, random crop and random erasing;
@@ -105,12 +105,10 @@ EVAL_ONLY = {"matching": ("table1", "#5 + encoder + decoder (MAT)")}
 
 def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     """Returns the MAT config for one variant (dataset and size); see the module docstring."""
-    variant = arg or "occluded_duke"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r} for configs/mat.py; use one of {VARIANTS}")
+    variant, size = _BASELINE.parse(arg, "configs/mat.py")
     # Dataset fields, evaluation rows and train bookkeeping come from the baseline config;
     # everything MAT's paper states is set below.
-    config = _BASELINE.get_config(variant)
+    config = _BASELINE.get_config(arg)
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "mat"
@@ -135,9 +133,9 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     config.model.keypoints = "self_supervised"
     config.model.segmentation = True  # the part-segmentation branch
     # Divide the map dot products by sqrt(d_model), as attention logits (not in the paper: it
-    # multiplies plainly). On the synthetic benchmark the plain products' gradients through
-    # L_eq and L_fc into the shared encoder output (sqrt(d) times larger) kept the global
-    # feature collapsed: 3 epochs end at CE 4.99 plainly, 4.4-4.6 scaled (chance 5.01).
+    # multiplies plainly). The plain products' gradients through L_eq and L_fc into the shared
+    # encoder output are sqrt(d) times larger and kept the global feature collapsed (README,
+    # "Where the paper is silent").
     config.model.scale_maps = True
     # What the segment embeddings multiply: "encoder" (f_g, our reading of "the feature maps")
     # or "backbone" (the backbone map through its own 1x1 projection; not in the paper). The
@@ -164,8 +162,8 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # Not in the paper: L2-normalise the features before Eq. 17's squared distances (then
     # 2 - 2 cos, bounded by 4). On the raw mean of the post-LayerNorm encoder tokens the
     # squared distances start at tens, the soft margin sits on its linear branch, and its
-    # gradient (~1000x the ID loss's at the synthetic size) collapses every image's features
-    # to one map within a few SGD steps at lr 0.01: the ID losses then stay at chance.
+    # gradient swamps the ID loss's and collapses every image's features to one map (README,
+    # "Where the paper is silent").
     loss.triplet_normalize = True
     loss.part_ce_weight = 1.0  # lambda3
     loss.part_triplet_weight = 1.0  # lambda4
@@ -220,7 +218,24 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
 
     if variant == "synthetic":
         _shrink_for_cpu(config)
+    if size == "tiny":
+        _shrink_to_tiny(config)
     return config
+
+
+def _shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
+    """size=tiny (tests, smoke runs): the baseline's tiny run with a narrow one-layer
+    transformer and 3 parts, one epoch of 2 steps."""
+    _BASELINE.shrink_to_tiny(config)
+    config.model.d_model = 16
+    config.model.num_heads = 2
+    config.model.ffn_dim = 32
+    config.model.encoder_layers = 1
+    config.model.num_parts = 3
+    config.train.epochs = 1
+    config.train.warmup_epochs = 0
+    config.train.milestones = (1,)
+    config.train.eval_every_epochs = 1
 
 
 def _shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
@@ -228,9 +243,9 @@ def _shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
 
     The baseline's synthetic sizes (tiny ResNet, 128 x 64, 8 x 4 feature maps, batch 32 =
     8 identities x 4) with a narrow 2-layer encoder; Adam 1e-3 as the baseline's synthetic
-    variant (everything starts from scratch here: with the paper's SGD 0.01 the baseline
-    row reached 9.2 mAP in 16 epochs, with Adam 16.4), a 2-epoch warm-up and the decays late
-    in the shorter run.
+    variant (everything starts from scratch here, where the paper's SGD 0.01 trains far more
+    slowly: README, "Config and switches"), a 2-epoch warm-up and the decays late in the
+    shorter run.
     """
     config.model.backbone = "resnet_tiny"
     config.model.d_model = 128

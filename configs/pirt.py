@@ -1,6 +1,6 @@
-"""Pirt: pose-guided inter- and intra-part relational transformer (papers/pirt-paper.md).
+"""Pirt: pose-guided inter- and intra-part relational transformer (Ma et al., ACM MM 2021).
 
-The released training recipe (reference/pirt-official.md), shared with configs/baseline.py:
+The released training recipe (docs/pirt-released-code.md), shared with configs/baseline.py:
 ResNet-50-IBN-a, last stride 1, 384 x 128, P=16 x K=4, Adam 3.5e-4 with coupled weight decay
 5e-4, 60 epochs, warm-up 10 epochs from factor 0.01, flat to 30, cosine to 1e-6 at 60; CE with
 label smoothing 0.1 on stripe, patch and each part, soft-margin batch-hard triplet on the parts;
@@ -44,8 +44,8 @@ baseline = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file_
 
 def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     """Returns the Pirt config for one variant; see the module docstring."""
+    variant, size = baseline.parse(arg, "configs/pirt.py")
     config = baseline.get_config(arg)
-    variant = arg or "occluded_duke"
 
     model = config.model
     model.name = "pirt"
@@ -78,7 +78,19 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
 
     if variant == "synthetic":
         _shrink_for_cpu(config)
+    if size == "tiny":
+        _shrink_to_tiny(config)
     return config
+
+
+def _shrink_to_tiny(config: ml_collections.ConfigDict) -> None:
+    """size=tiny (tests, smoke runs): the baseline's tiny run with narrow Pirt modules."""
+    baseline.shrink_to_tiny(config)
+    config.model.irm_width = 32
+    config.model.ffn_dim = 32
+    config.model.csm_width = 16
+    config.model.num_layers = 1
+    config.eval.top_n = 5
 
 
 def _shrink_for_cpu(config: ml_collections.ConfigDict) -> None:

@@ -24,3 +24,25 @@ def load_config_file(path: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def parse_arg(arg: str, **defaults: str) -> tuple[str, dict[str, str]]:
+    """Splits a config argument "VARIANT[,key=value...]" (as big_vision's `parse_arg`).
+
+    `configs/mat.py:synthetic,size=tiny` gives ("synthetic", {"size": "tiny"}). Only keys in
+    `defaults` are accepted; a missing one takes its default.
+
+    Raises:
+      ValueError: an unknown key or a part that is neither the variant nor key=value.
+    """
+    variant, *items = (arg or "").split(",")
+    options = dict(defaults)
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in defaults:
+            raise ValueError(
+                f"bad config option {item!r}; use VARIANT,key=value with key in "
+                f"{', '.join(defaults) or '(none)'}"
+            )
+        options[key] = value
+    return variant, options

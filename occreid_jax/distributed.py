@@ -30,10 +30,24 @@ from typing import Any
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from occreid_jax.errors import UserError
 
+# The mapped axis of the data-parallel step (pmap / shard_map) and of its collectives.
+AXIS = "batch"
+
 Shard = tuple[int, int]  # (this process's index, number of processes)
+
+
+def replicate(tree: Any) -> Any:
+    """Places every array on all local devices, laid out as the pmapped step returns its state.
+
+    Without this the second step recompiles: a freshly initialised (or restored) state sits on
+    one device and its step is a Python int, unlike the state the first step returns.
+    """
+    mesh = Mesh(np.asarray(jax.local_devices()), (AXIS,))
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def initialize(

@@ -13,7 +13,7 @@ A bundle is a folder with two files:
   bundle.embed(images, heatmaps)    # pose-guided models (Pirt): heatmaps [B, H/4, W/4, 17]
 
 `bundle.matching` holds the matching settings (metric, flip, and a model's own rule such as
-Pirt's top_n / confidence); `occreid_jax.matching` turns the features into distances.
+Pirt's top_n / confidence); the family's `MatchingRule` turns the features into distances.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from occreid_jax import nets
+from occreid_jax import families
 from occreid_jax.data import IMAGENET_MEAN, IMAGENET_STD
 from occreid_jax.errors import UserError
 
@@ -42,11 +42,11 @@ class Bundle:
     """A loaded inference bundle.
 
     Attributes:
-      model_name: registry name of the model (`occreid_jax.nets.MODELS`).
+      model_name: the model's family name (`occreid_jax.families.FAMILIES`).
       model_kwargs: constructor arguments.
       image_size: (H, W) the model expects.
       matching: evaluation settings stored with the model (metric, flip, and the model's own
-        matching rule's settings, see `occreid_jax.matching.SETTINGS`).
+        matching rule's settings, `MatchingRule.stored_settings`).
       variables: {"params": ..., "batch_stats": ...}.
       embed: jitted (images [B, H, W, 3] RGB 0..255, heatmaps [B, H/4, W/4, 17] in [0, 1] or
         None) -> dict of [B, ...] float32 features. Pose-guided models (Pirt) need the
@@ -112,7 +112,7 @@ def load(path: str) -> Bundle:
     description = _read_description(path)
     with open(os.path.join(path, "variables.msgpack"), "rb") as f:
         variables = flax.serialization.msgpack_restore(f.read())
-    model = nets.build_model(description["model"], **description["model_kwargs"])
+    model = families.build_model(description["model"], **description["model_kwargs"])
     mean = jnp.asarray(description["mean"], jnp.float32)
     std = jnp.asarray(description["std"], jnp.float32)
 

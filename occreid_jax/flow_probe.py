@@ -192,6 +192,13 @@ GALLERY_LIMIT = 256
 REPORT_GROUPS = 32
 
 
+def reports_parts(config) -> bool:
+    """Whether evaluations also report MAT's part statistics (a MAT with both branches and
+    self-supervised keypoints)."""
+    model = config.model
+    return model.name == "mat" and model.segmentation and model.keypoints == "self_supervised"
+
+
 def part_report(
     apply_fn, variables: dict, gallery, groups: Groups, settings, image_size
 ) -> dict[str, float]:

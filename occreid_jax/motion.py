@@ -1,7 +1,7 @@
 """Motion geometry of MAT (FOMM / motion co-segmentation), as pure `jax.numpy` functions.
 
 Shared by the model (`nets/mat.py`: soft-argmax keypoints, pooled Jacobians), the train step
-(`equivariance.py`: random thin-plate-spline warps of the batch) and the losses
+(`nets/mat_warped_pass.py`: random thin-plate-spline warps of the batch) and the losses
 (`losses/mat.py`: the warp and its Jacobian at keypoints, part motions, the dense flow), so
 that `losses/` need not import `nets/`.
 

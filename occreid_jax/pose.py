@@ -20,8 +20,8 @@ import ml_collections
 
 from occreid_jax.data import datasets
 from occreid_jax.data.heatmap_store import HeatmapStore
+from occreid_jax.distributed import AXIS, replicate
 from occreid_jax.errors import UserError
-from occreid_jax.train import AXIS, replicate
 
 SOURCES = ("none", "ground_truth", "precomputed", "online")
 POSE_NETS = ("hrnet_w32", "hrnet_w48")

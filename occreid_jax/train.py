@@ -10,9 +10,9 @@ over all devices. It is wrapped by `jax.pmap(..., in_axes=(None, 0, None), out_a
 
 How the model is run on the batch is a `Forward` hook,
 `forward(apply_fn, variables, batch, rng) -> (aux, updates)`: `single_forward` (one pass, the
-default) or a model's own, registered in `FORWARDS` (MAT: a second pass on a TPS-warped copy,
-`equivariance.py`). The hook runs inside the differentiated loss, so gradients flow through
-every pass it makes.
+default) or the model family's own (`families.py`; MAT: a second pass on a TPS-warped copy,
+`nets/mat_warped_pass.py`). The hook runs inside the differentiated loss, so gradients flow
+through every pass it makes. The loop that drives the step is `train_loop.py`.
 
 The same function runs under `jax.jit(jax.shard_map(train_step, mesh, in_specs=(P(), P("batch")),
 out_specs=(P(), P()), check_vma=False))`. Keep `check_vma=False` there: with it on, autodiff
@@ -29,14 +29,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from occreid_jax import equivariance
-
-AXIS = "batch"
+from occreid_jax.distributed import AXIS, replicate
 
 # (apply_fn, variables, batch, rng) -> (aux, updates of the mutable collections).
 Forward = Callable[[Callable, dict, dict, jax.Array], tuple[dict, Any]]
@@ -74,16 +70,6 @@ def create_train_state(
     return replicate(state.replace(step=jnp.asarray(0, jnp.int32)))
 
 
-def replicate(tree: Any) -> Any:
-    """Places every array on all local devices, laid out as the pmapped step returns its state.
-
-    Without this the second step recompiles: a freshly initialised (or restored) state sits on
-    one device and its step is a Python int, unlike the state the first step returns.
-    """
-    mesh = Mesh(np.asarray(jax.local_devices()), (AXIS,))
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
-
-
 def single_forward(apply_fn: Callable, variables: dict, batch: dict, rng: jax.Array):
     """The default `Forward`: one train-mode pass on the batch (heatmaps passed if present).
 
@@ -100,17 +86,6 @@ def single_forward(apply_fn: Callable, variables: dict, batch: dict, rng: jax.Ar
         **model_inputs,
     )
     return aux, updates
-
-
-# Plain-dict registry: model name -> factory(loss settings) -> its Forward; single_forward
-# for every other model.
-FORWARDS: dict[str, Callable[[Any], Forward]] = {"mat": equivariance.make_forward}
-
-
-def make_forward(model_name: str, loss_cfg: Any) -> Forward:
-    """The Forward of `model_name` (its factory gets the objective's settings)."""
-    factory = FORWARDS.get(model_name)
-    return single_forward if factory is None else factory(loss_cfg)
 
 
 def train_step(

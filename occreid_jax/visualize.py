@@ -110,11 +110,12 @@ def _subset(split: datasets.Split, indices: list[int]) -> datasets.Split:
 
 def visualize(config: ml_collections.ConfigDict, workdir: str, num_queries: int = 4) -> list[str]:
     """Writes the strips of the workdir's latest checkpoint; returns the PNG paths."""
-    from occreid_jax import experiment
+    from occreid_jax.evaluation.features import eval_dataset
+    from occreid_jax.run import Run
 
-    exp = experiment.Experiment(config, workdir)
+    exp = Run(config, workdir)
     model, _, state = exp.restored_state()
-    rows = datasets.eval_sets(experiment.eval_dataset(config))
+    rows = datasets.eval_sets(eval_dataset(config))
     query_name, gallery_name = next(iter(rows.values()))
     splits = {"query": exp.eval_splits[query_name], "gallery": exp.eval_splits[gallery_name]}
     picks = _pick(splits["query"], splits["gallery"], num_queries)

@@ -7,8 +7,9 @@ import os
 import jax
 import numpy as np
 import pytest
+from helpers import make_optimizer
 
-from occreid_jax import export, nets, optim
+from occreid_jax import export, families
 from occreid_jax.checkpointing import Checkpointer
 from occreid_jax.data import IMAGENET_MEAN, IMAGENET_STD
 from occreid_jax.errors import UserError
@@ -20,27 +21,11 @@ KWARGS = {"num_classes": 6, "backbone": "resnet_tiny", "last_stride": 1, "dtype"
 
 
 def _optimizer():
-    import ml_collections
-
-    cfg = ml_collections.ConfigDict(
-        dict(
-            optimizer="adam",
-            lr=1e-3,
-            weight_decay=5e-4,
-            adam_betas=(0.9, 0.999),
-            schedule="warmup_flat_cosine",
-            warmup_epochs=1,
-            warmup_factor=0.1,
-            cosine_start_epoch=1,
-            final_lr=1e-6,
-            epochs=3,
-        )
-    )
-    return optim.make_optimizer(cfg, optim.make_schedule(cfg, 2))
+    return make_optimizer(2, warmup_factor=0.1, epochs=3)
 
 
 def _fresh_state():
-    model = nets.build_model("baseline", **KWARGS, bn_axis_name="batch")
+    model = families.build_model("baseline", **KWARGS, bn_axis_name="batch")
     return create_train_state(model, _optimizer(), jax.random.PRNGKey(1), IMAGE)
 
 
@@ -108,7 +93,7 @@ def test_export_load_embed_reproduces_the_features(tmp_path):
     state = _fresh_state()
     step = parallel_train_step(functools.partial(baseline_objective, cfg=LossConfig()))
     state, _ = step(state, next(_batches()))  # non-trivial batch stats
-    model = nets.build_model("baseline", **KWARGS)
+    model = families.build_model("baseline", **KWARGS)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     path = export.write(
         str(tmp_path / "bundle"),

@@ -280,16 +280,16 @@ def test_backbone_init_puts_converted_weights_under_the_baseline_backbone(twins)
     import ml_collections
 
     from configs import baseline
-    from occreid_jax import experiment, nets, optim
+    from occreid_jax import families, optim, run
     from occreid_jax.train import create_train_state
 
     config = baseline.get_config("market1501")
     config.model.backbone = "resnet50_ibn_a"
     config.model.backbone_init = twins.path("resnet50_ibn_a")
-    model = nets.build_model("baseline", num_classes=4, backbone="resnet50_ibn_a")
+    model = families.build_model("baseline", num_classes=4, backbone="resnet50_ibn_a")
     tx = optim.make_optimizer(config.train, optim.make_schedule(config.train, 1))
     state = create_train_state(model, tx, jax.random.PRNGKey(0), (64, 32))
-    loaded = experiment.init_backbone(state, config)
+    loaded = run.init_backbone(state, config)
     _assert_same_tree(loaded.params["backbone"], twins.converted("resnet50_ibn_a")[1]["params"])
     _, aux = model.apply(
         {"params": loaded.params, "batch_stats": loaded.batch_stats}, _images((64, 32)), False
@@ -300,4 +300,4 @@ def test_backbone_init_puts_converted_weights_under_the_baseline_backbone(twins)
     _assert_same_tree(loaded.params["classifier"], state.params["classifier"])
     config.model.backbone = "resnet50"
     with pytest.raises(UserError, match="resnet50_ibn_a"):
-        experiment.init_backbone(state, ml_collections.ConfigDict(config))
+        run.init_backbone(state, ml_collections.ConfigDict(config))

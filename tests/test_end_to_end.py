@@ -5,44 +5,23 @@ import json
 import numpy as np
 import pytest
 
-from configs import baseline
 from occreid_jax import experiment
 from occreid_jax.data import pipeline
 from occreid_jax.errors import UserError
+from occreid_jax.run import Run
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-def _config(data_dir):
-    config = baseline.get_config("synthetic")
-    config.data.builder_config = "tiny"
-    config.data.data_dir = data_dir
-    config.data.image_size = (64, 32)
-    config.data.batch_size = 8  # P=2 x K=4: one identity per device
-    config.data.eval_batch_size = 16
-    config.train.epochs = 2
-    config.train.steps_per_epoch = 2
-    config.train.warmup_epochs = 1
-    config.train.cosine_start_epoch = 1
-    config.train.eval_every_epochs = 2
-    config.train.eval_at_start = False
-    config.train.checkpoint_every_steps = 2
-    config.train.log_every_steps = 1
-    return config
-
-
 def _final_params(workdir, config):
-    _, _, state = experiment.Experiment(config, workdir).restored_state()
+    _, _, state = Run(config, workdir).restored_state()
     return state
 
 
-def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(data_dir, tmp_path, monkeypatch):
-    config = _config(data_dir)
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(
+    tiny_config, tmp_path, monkeypatch
+):
+    config = tiny_config("baseline")
     straight = experiment.train_and_evaluate(config, str(tmp_path / "straight"))
     assert straight["step"] == 4
     for row in ("occluded queries", "holistic queries"):
@@ -87,7 +66,7 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(data_dir, tmp_
     # extract writes what external scripts need, aligned with the dataset.
     path = experiment.extract(config, str(tmp_path / "straight"))
     arrays = np.load(path)
-    exp = experiment.Experiment(config, str(tmp_path / "straight"))
+    exp = Run(config, str(tmp_path / "straight"))
     np.testing.assert_array_equal(arrays["query_pids"], exp.eval_splits["query"].pids)
     np.testing.assert_array_equal(arrays["gallery_camids"], exp.eval_splits["gallery"].camids)
     assert arrays["query_features"].shape == (len(exp.eval_splits["query"]), 512)
@@ -102,14 +81,30 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(data_dir, tmp_
         recomputed["mAP"], straight["results"]["occluded queries"]["mAP"], rtol=1e-6
     )
 
+    # Query expansion and re-ranking add rows; the dense reference (the whole matrix) on the
+    # extracted features gives the expanded and re-ranked figure.
+    from occreid_jax.evaluation import average_query_expansion, evaluate_rank, pairwise_distance
+    from occreid_jax.evaluation.rerank import k_reciprocal_rerank
 
-def test_evaluating_an_empty_workdir_is_a_clear_error(data_dir, tmp_path):
+    config.eval.rerank = config.eval.aqe = True
+    rows = experiment.evaluate(config, str(tmp_path / "straight"))
+    assert set(rows) == {f"{r}{s}" for r in straight["results"] for s in ("", " +AQE",
+                         " +re-rank", " +AQE +re-rank")}  # fmt: skip
+    q, g = average_query_expansion(arrays["query_features"], arrays["gallery_features"])
+    everything = np.concatenate([q, g])
+    final = k_reciprocal_rerank(pairwise_distance(everything, everything), len(q))
+    ids = [arrays[f"{s}_{k}"] for k in ("pids", "camids") for s in ("query", "gallery")]
+    expected = evaluate_rank(final, *ids)["mAP"]
+    np.testing.assert_allclose(rows["occluded queries +AQE +re-rank"]["mAP"], expected, rtol=1e-6)
+
+
+def test_evaluating_an_empty_workdir_is_a_clear_error(tiny_config, tmp_path):
     with pytest.raises(UserError, match="no checkpoint in .*train first"):
-        experiment.evaluate(_config(data_dir), str(tmp_path / "empty"))
+        experiment.evaluate(tiny_config("baseline"), str(tmp_path / "empty"))
 
 
-def test_a_checkpoint_from_another_model_is_refused(data_dir, tmp_path):
-    config = _config(data_dir)
+def test_a_checkpoint_from_another_model_is_refused(tiny_config, tmp_path):
+    config = tiny_config("baseline")
     config.train.epochs = 1
     experiment.train_and_evaluate(config, str(tmp_path / "run"))
     config.model.backbone = "resnet_tiny_ibn_a"
@@ -117,10 +112,10 @@ def test_a_checkpoint_from_another_model_is_refused(data_dir, tmp_path):
         experiment.train_and_evaluate(config, str(tmp_path / "run"))
 
 
-def test_an_unreadable_image_is_named(data_dir):
+def test_an_unreadable_image_is_named(tiny_data_dir):
     from occreid_jax.data import datasets
 
-    builder = datasets.prepare("synthetic", "tiny", data_dir)
+    builder = datasets.prepare("synthetic", "tiny", tiny_data_dir)
     split = datasets.load_split(builder, "query")
     split.images[3] = b"not an image"
     with pytest.raises(UserError, match=f"{split.filenames[3]}.*cannot be decoded"):

@@ -12,8 +12,8 @@ SIZE = (128, 64)
 
 
 @pytest.fixture(scope="module")
-def train_split(tmp_path_factory):
-    builder = datasets.prepare("synthetic", "tiny", str(tmp_path_factory.mktemp("tfds")))
+def train_split(tiny_data_dir):
+    builder = datasets.prepare("synthetic", "tiny", tiny_data_dir)
     return datasets.load_split(builder, "train", with_heatmaps=True)
 
 

@@ -4,15 +4,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
+from helpers import make_optimizer
 
-from occreid_jax import nets, optim
+from occreid_jax import families
 from occreid_jax.errors import UserError
 from occreid_jax.losses.objectives import MatLossConfig, mat_objective
 from occreid_jax.nets.mat import COCO_GROUPS, group_heatmaps
-from occreid_jax.train import create_train_state, make_forward, parallel_train_step
+from occreid_jax.train import create_train_state, parallel_train_step
 
 IMAGE = (64, 32)  # resnet_tiny: 4 x 2 feature maps
 TINY = dict(
@@ -27,7 +27,7 @@ def _images(batch=4, seed=0):
 @functools.lru_cache
 def _run(num_classes=5, **overrides):
     """(embeddings, aux, variables) of a tiny MAT on fixed images (one jitted init)."""
-    model = nets.build_model("mat", num_classes=num_classes, **{**TINY, **overrides})
+    model = families.build_model("mat", num_classes=num_classes, **{**TINY, **overrides})
     init = jax.jit(functools.partial(model.init_with_output, train=False))
     (embeddings, aux), variables = init(jax.random.PRNGKey(0), _images())
     return embeddings, aux, variables
@@ -35,7 +35,7 @@ def _run(num_classes=5, **overrides):
 
 def _shapes(num_classes=5, **overrides):
     """The same outputs as shapes only: traced, not compiled (fast)."""
-    model = nets.build_model("mat", num_classes=num_classes, **{**TINY, **overrides})
+    model = families.build_model("mat", num_classes=num_classes, **{**TINY, **overrides})
     init = functools.partial(model.init_with_output, train=False)
     (embeddings, aux), variables = jax.eval_shape(init, jax.random.PRNGKey(0), _images())
     return embeddings, aux, variables
@@ -138,7 +138,7 @@ def test_group_heatmaps_put_keypoints_on_their_joints():
 
 
 def test_heatmap_keypoints_follow_the_given_heatmaps():
-    model = nets.build_model("mat", num_classes=5, **{**TINY, "keypoints": "heatmaps"})
+    model = families.build_model("mat", num_classes=5, **{**TINY, "keypoints": "heatmaps"})
     images = _images()
     heatmaps = np.zeros((4, 16, 8, 17), np.float32)
     heatmaps[:, 14, 1, [13, 15]] = 1.0  # left knee / ankle: group (13, 15) of K=3 "legs"
@@ -172,7 +172,7 @@ def test_heatmap_keypoints_follow_the_given_heatmaps():
 )
 def test_bad_settings_are_user_errors(overrides, message):
     with pytest.raises(UserError, match=message):
-        nets.build_model("mat", num_classes=3, **{**TINY, **overrides})
+        families.build_model("mat", num_classes=3, **{**TINY, **overrides})
 
 
 @pytest.mark.parametrize(
@@ -193,21 +193,20 @@ def test_a_train_step_reaches_every_parameter(model_overrides, loss_overrides):
     SGD without weight decay and momentum starting at zero: a leaf changes iff its gradient is
     non-zero somewhere.
     """
-    model = nets.build_model(
+    model = families.build_model(
         "mat", num_classes=4, bn_axis_name="batch", **{**TINY, **model_overrides}
     )
-    cfg = ml_collections.ConfigDict(
-        dict(optimizer="sgd", lr=0.1, weight_decay=0.0, momentum=0.9, adam_betas=(0.9, 0.999),
-             schedule="warmup_multistep", warmup_epochs=0, warmup_factor=1.0, epochs=1,
-             milestones=(10,), gamma=0.1)
+    tx = make_optimizer(
+        1, optimizer="sgd", lr=0.1, weight_decay=0.0, schedule="warmup_multistep",
+        warmup_epochs=0, warmup_factor=1.0, epochs=1, milestones=(10,),
     )  # fmt: skip
-    tx = optim.make_optimizer(cfg, optim.make_schedule(cfg, 1))
     state = create_train_state(model, tx, jax.random.PRNGKey(0), IMAGE)
     loss_cfg = MatLossConfig(
         triplet_metric="sqeuclidean", label_smoothing=0.0, group_size=4, **loss_overrides
     )
     step = parallel_train_step(
-        functools.partial(mat_objective, cfg=loss_cfg), forward=make_forward("mat", loss_cfg)
+        functools.partial(mat_objective, cfg=loss_cfg),
+        forward=families.get("mat").forward(loss_cfg),
     )
     devices = jax.local_device_count()
     batch = {
@@ -232,7 +231,7 @@ def test_backbone_segment_features_come_from_their_own_projection():
     assert "segment_proj" in variables["params"] and "segment_proj" not in _run()[2]["params"]
     shapes = [m.shape for m in aux["backbone_maps"]]
     assert shapes == [(4, 16, 8, 64), (4, 8, 4, 128), (4, 4, 2, 256), (4, 4, 2, 512)]
-    model = nets.build_model("mat", num_classes=5, segment_features="backbone", **TINY)
+    model = families.build_model("mat", num_classes=5, segment_features="backbone", **TINY)
     params = dict(variables["params"])
     params["segment_proj"] = jax.tree.map(lambda w: w * 3.0, params["segment_proj"])
     _, moved = jax.jit(functools.partial(model.apply, train=False))(
@@ -244,13 +243,17 @@ def test_backbone_segment_features_come_from_their_own_projection():
 
 def test_every_ablation_row_is_a_valid_config():
     from configs import mat
-    from occreid_jax import experiment
+    from occreid_jax.config_checks import check_config
 
     for table, rows in mat.ABLATIONS.items():
+        seen = {}
         for label, overrides in rows.items():
             config = mat.get_config("synthetic")
             config.update_from_flattened_dict(overrides)
-            experiment._check_config(config)  # builds the model: bad settings raise here
-            assert (table, label) and config.model.name in ("mat", "baseline")
+            check_config(config)  # builds the model: bad settings raise here
+            # Two rows of one table that train the same config would repeat each other.
+            key = config.to_json(sort_keys=True)
+            assert key not in seen, f"{table}: {label!r} repeats {seen.get(key)!r}"
+            seen[key] = label
     for table, (trained_table, trained_row) in mat.EVAL_ONLY.items():
         assert table in mat.ABLATIONS and trained_row in mat.ABLATIONS[trained_table]

@@ -8,37 +8,18 @@ import cv2
 import numpy as np
 import pytest
 
-from configs import mat
-from occreid_jax import experiment, matching, visualize
+from occreid_jax import experiment, families, flow_probe, visualize
+from occreid_jax.data import datasets
+from occreid_jax.evaluation import evaluate_distance_blocks
+from occreid_jax.evaluation.mat_matching import mat_matcher
+from occreid_jax.nets.mat import COCO_GROUPS
+from occreid_jax.run import Run
 
 pytestmark = pytest.mark.slow
 
 
-def _config(data_dir):
-    config = mat.get_config("synthetic")
-    config.model.d_model = 16
-    config.model.num_heads = 2
-    config.model.ffn_dim = 32
-    config.model.encoder_layers = 1
-    config.model.num_parts = 3
-    config.data.builder_config = "tiny"
-    config.data.data_dir = data_dir
-    config.data.image_size = (64, 32)
-    config.data.batch_size = 8  # P=2 x K=4: one identity group per device
-    config.data.eval_batch_size = 16
-    config.train.epochs = 1
-    config.train.steps_per_epoch = 2
-    config.train.warmup_epochs = 0
-    config.train.milestones = (1,)
-    config.train.eval_every_epochs = 1
-    config.train.eval_at_start = False
-    config.train.checkpoint_every_steps = 2
-    config.train.log_every_steps = 1
-    return config
-
-
-def test_train_eval_visualize_export(tmp_path):
-    config = _config(str(tmp_path / "tfds"))
+def test_train_eval_visualize_export(tiny_config, tmp_path, dense_rule_rerank):
+    config = tiny_config("mat")
     workdir = str(tmp_path / "run")
     record = experiment.train_and_evaluate(config, workdir)
     assert record["step"] == 2
@@ -55,23 +36,45 @@ def test_train_eval_visualize_export(tmp_path):
         assert parts[0][f"lfc_{name}"] >= 0.0
 
     # The flow probe on the trained model: every reference flow scores a finite L_fc.
-    from occreid_jax import flow_probe
-    from occreid_jax.data import datasets
-    from occreid_jax.losses.objectives import loss_settings
-    from occreid_jax.nets.mat import COCO_GROUPS
-
-    exp = experiment.Experiment(config, workdir)
-    model, _, state = exp.restored_state()
-    split = datasets.load_split(exp.builder, "train", with_heatmaps=False)
+    run = Run(config, workdir)
+    model, _, state = run.restored_state()
+    split = datasets.load_split(run.builder, "train", with_heatmaps=False)
     groups = flow_probe.collect_groups(config, split, 4)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     aux = flow_probe.model_outputs(model.apply, variables, groups.images.reshape(16, 64, 32, 3))
-    scores = flow_probe.flow_scores(aux, groups, loss_settings(config), (64, 32), COCO_GROUPS[3])
+    scores = flow_probe.flow_scores(
+        aux, groups, families.get("mat").loss_settings(config), (64, 32), COCO_GROUPS[3]
+    )
     assert np.isfinite(list(scores.values())).all() and len(scores) == 11
-    assert flow_probe.gate(scores, 0.05)["passed"] in (True, False)
+    verdict = flow_probe.gate(scores, 0.05)
+    best_global = min(scores[name] for name in flow_probe.GLOBAL_MOTIONS)
+    best_parts = min(scores[name] for name in flow_probe.GROUND_TRUTH)
+    assert verdict["passed"] == (best_parts <= (1 - 0.05) * best_global)
 
-    # Evaluation used MAT's own rule (global + visibility-weighted parts).
-    assert matching.own_rule("mat", {"parts": 0, "visibility": 0}, config.eval) is not None
+    # Evaluation used MAT's own rule (global + visibility-weighted parts): the rule on the
+    # extracted embeddings reproduces the training figure, and differs from global-only.
+    arrays = np.load(experiment.extract(config, workdir))
+    q = {k: arrays[f"query_{k}"] for k in ("global", "parts", "visibility")}
+    g = {k: arrays[f"gallery_{k}"] for k in ("global", "parts", "visibility")}
+    ids = [arrays[f"{s}_{k}"] for k in ("pids",) for s in ("query", "gallery")]
+    ids += [arrays[f"{s}_camids"] for s in ("query", "gallery")]
+    own = evaluate_distance_blocks(mat_matcher(q, g, {"metric": "cosine"}), *ids)
+    occluded = record["results"]["occluded queries"]
+    np.testing.assert_allclose(own["mAP"], occluded["mAP"], rtol=1e-6)
+    # The part term is in the rule's distances (after two steps it may not reorder them).
+    rows = slice(0, len(q["global"]))
+    own_distances = mat_matcher(q, g, {"metric": "cosine"})(rows)
+    global_only = mat_matcher(q, g, {"metric": "cosine", "part_weight": 0.0})(rows)
+    assert np.abs(own_distances - global_only).max() > 1e-4
+
+    # Re-ranking by MAT's own rule (rows next to the plain ones): the dense reference on the
+    # extracted embeddings.
+    config.eval.rerank = True
+    rows = experiment.evaluate(config, workdir)
+    np.testing.assert_allclose(rows["occluded queries"]["mAP"], occluded["mAP"], rtol=1e-6)
+    dense = dense_rule_rerank(lambda a, b: mat_matcher(a, b, {"metric": "cosine"}), q, g, ids)
+    np.testing.assert_allclose(rows["occluded queries +re-rank"]["mAP"], dense["mAP"], rtol=1e-6)
+    config.eval.rerank = False
 
     paths = visualize.visualize(config, workdir, num_queries=2)
     assert os.path.basename(paths[-1]) == "sheet.png"

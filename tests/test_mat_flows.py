@@ -93,6 +93,22 @@ def _random_group(rng, group=4):
     return {"segmentation": seg, "feature_maps": feats, "keypoints": kp, "jacobians": jac}
 
 
+def _objective_inputs(aux: dict, global_feat: jax.Array, num_classes: int) -> dict:
+    """`aux` completed with what `mat_objective` reads besides L_fc's inputs: zero logits,
+    `global_feat` [B, d] for the global and every part feature, and a warped pass that
+    saw the same keypoints under the identity warp (L_eq = 0)."""
+    batch, parts = aux["keypoints"].shape[:2]
+    return {
+        **aux,
+        "logits": jnp.zeros((batch, num_classes)),
+        "global_feat": global_feat,
+        "part_logits": jnp.zeros((batch, parts, num_classes)),
+        "part_feat": jnp.repeat(global_feat[:, None], parts, axis=1),
+        "warped": {"keypoints": aux["keypoints"], "jacobians": aux["jacobians"]},
+        "tps": motion.identity_tps(batch),
+    }
+
+
 @pytest.mark.parametrize("stop_gradient", [True, False])
 def test_gradients_reach_the_segmentation_through_the_flow_and_the_features_only_unstopped(
     stop_gradient,
@@ -134,7 +150,7 @@ def test_without_jacobians_the_parts_move_by_translations():
     )
     np.testing.assert_array_equal(flow_jacobians(aux, MatLossConfig()), aux["jacobians"])
     labels = jnp.asarray(np.repeat([0], 4), jnp.int32)
-    aux = {**aux, "logits": jnp.zeros((4, 2)), "global_feat": jnp.ones((4, 3))}
+    aux = _objective_inputs(aux, jnp.ones((4, 3)), num_classes=2)
     _, metrics = mat_objective(aux, labels, off)
     (maps,) = consistency_maps(aux, off)
     expected = mat_losses.consistency_loss(
@@ -175,8 +191,8 @@ def test_keypoint_separation_by_hand():
 
 def test_keypoint_separation_enters_the_total_with_its_weight():
     aux = _random_group(np.random.default_rng(6), group=8)
-    aux["logits"] = jnp.zeros((8, 3))
-    aux["global_feat"] = jnp.asarray(np.random.default_rng(7).normal(size=(8, 4)), jnp.float32)
+    features = jnp.asarray(np.random.default_rng(7).normal(size=(8, 4)), jnp.float32)
+    aux = _objective_inputs(aux, features, num_classes=3)
     labels = jnp.asarray(np.repeat([0, 1], 4), jnp.int32)
     off, _ = mat_objective(aux, labels, MatLossConfig())
     on, metrics = mat_objective(aux, labels, MatLossConfig(keypoint_separation_weight=3.0))

@@ -8,16 +8,15 @@ import ml_collections
 import numpy as np
 import pytest
 
-from occreid_jax import motion
-from occreid_jax.equivariance import equivariance_forward
+from occreid_jax import families, motion
 from occreid_jax.losses import mat as mat_losses
 from occreid_jax.losses.classification import cross_entropy_label_smoothing
 from occreid_jax.losses.objectives import (
     MatLossConfig,
     grouped_triplet,
-    loss_settings,
     mat_objective,
 )
+from occreid_jax.nets.mat_warped_pass import equivariance_forward
 
 # ----------------------------------------------------------------------------- equivariance
 
@@ -90,9 +89,8 @@ def test_equivariance_value_term_by_hand_for_a_translation():
 
 def test_equivariance_pass_of_a_real_model_is_zero_for_the_identity_warp():
     """The two-pass forward on a tiny MAT: identical passes under sigma 0, not otherwise."""
-    from occreid_jax import nets
 
-    model = nets.build_model(
+    model = families.build_model(
         "mat", num_classes=4, backbone="resnet_tiny", num_parts=3, d_model=16, num_heads=2,
         ffn_dim=32, encoder_layers=1, dropout=0.0,
     )  # fmt: skip
@@ -273,7 +271,7 @@ def test_switched_off_branches_drop_their_terms():
     rng = np.random.default_rng(0)
     aux = _aux(rng)
     labels = jnp.asarray(np.repeat([0, 1], 4), jnp.int32)
-    cfg = MatLossConfig()
+    cfg = MatLossConfig(segmentation=False, keypoints="none")
     global_only = {k: aux[k] for k in ("logits", "global_feat")}
     loss, metrics = mat_objective(global_only, labels, cfg)
     np.testing.assert_allclose(
@@ -285,14 +283,31 @@ def test_switched_off_branches_drop_their_terms():
     assert "consistency" not in metrics and "equivariance_value" not in metrics
 
 
+@pytest.mark.parametrize(
+    "switches, dropped",
+    [
+        ({}, "part_logits"),
+        ({"segmentation": False}, "keypoints"),
+        ({"keypoints": "none"}, "part_feat"),
+    ],
+)
+def test_a_term_whose_aux_key_is_missing_is_an_error_naming_it(switches, dropped):
+    """A renamed or missing aux key must not silently drop a loss term."""
+    aux = _aux(np.random.default_rng(0))
+    del aux[dropped]
+    labels = jnp.asarray(np.repeat([0, 1], 4), jnp.int32)
+    with pytest.raises(ValueError, match=f"aux\\['{dropped}'\\]"):
+        mat_objective(aux, labels, MatLossConfig(**switches))
+
+
 def test_loss_settings_take_the_group_size_from_the_sampler():
     config = ml_collections.ConfigDict()
     config.model = {"name": "mat"}
     config.data = {"instances_per_id": 6}
     config.loss = {f: v for f, v in MatLossConfig().__dict__.items()
                    if f not in ("mining_groups", "group_size")}  # fmt: skip
-    settings = loss_settings(config)
+    settings = families.get("mat").loss_settings(config)
     assert isinstance(settings, MatLossConfig) and settings.group_size == 6
     del config.loss["consistency_weight"]
     with pytest.raises(Exception, match="consistency_weight"):
-        loss_settings(config)
+        families.get("mat").loss_settings(config)

@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from occreid_jax import motion
 
@@ -127,6 +126,7 @@ def test_tps_never_produces_nan_including_at_control_points():
 
 @pytest.mark.parametrize("padding", ["zeros", "border"])
 def test_grid_sample_matches_torch(padding):
+    torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     images = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
     coords = rng.uniform(-1.3, 1.3, size=(2, 4, 6, 2)).astype(np.float32)

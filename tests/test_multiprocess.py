@@ -18,7 +18,7 @@ import pytest
 
 from configs import baseline
 from occreid_jax import experiment
-from occreid_jax.data import datasets
+from occreid_jax.run import Run
 
 pytestmark = pytest.mark.slow
 
@@ -27,36 +27,18 @@ TIMEOUT = 420  # seconds for one launch; a normal one takes well under a minute
 
 
 def _config(data_dir):
-    config = baseline.get_config("synthetic")
-    config.data.builder_config = "tiny"
+    config = baseline.get_config("synthetic,size=tiny")
     config.data.data_dir = data_dir
-    config.data.image_size = (64, 32)
     config.data.batch_size = 16
     config.data.instances_per_id = 2  # P=8 x K=2: 2 identities per device over 4 devices
-    config.data.eval_batch_size = 16
-    config.train.epochs = 2
-    config.train.steps_per_epoch = 2
-    config.train.warmup_epochs = 1
-    config.train.cosine_start_epoch = 1
-    config.train.eval_every_epochs = 2
-    config.train.eval_at_start = False
-    config.train.checkpoint_every_steps = 2
-    config.train.log_every_steps = 1
     return config
 
 
 def _flags(config) -> list[str]:
-    """The command line overrides that make `configs/baseline.py:synthetic` into `config`."""
-    fields = [
-        ("data", "builder_config"), ("data", "data_dir"), ("data", "image_size"),
-        ("data", "batch_size"), ("data", "instances_per_id"), ("data", "eval_batch_size"),
-        ("train", "epochs"), ("train", "steps_per_epoch"), ("train", "warmup_epochs"),
-        ("train", "cosine_start_epoch"), ("train", "eval_every_epochs"),
-        ("train", "eval_at_start"), ("train", "checkpoint_every_steps"),
-        ("train", "log_every_steps"),
-    ]  # fmt: skip
-    return [f"--config.{s}.{n}={tuple(config[s][n]) if n == 'image_size' else config[s][n]}"
-            for s, n in fields]  # fmt: skip
+    """The command line overrides that make `configs/baseline.py:synthetic,size=tiny` into
+    `config`."""
+    fields = [("data", "data_dir"), ("data", "batch_size"), ("data", "instances_per_id")]
+    return [f"--config.{s}.{n}={config[s][n]}" for s, n in fields]
 
 
 def _free_port() -> int:
@@ -70,7 +52,7 @@ def _start(workdir, config, processes, devices, *, module="occreid_jax.main", en
     port = _free_port()
     runs = []
     for index in range(processes):
-        args = [sys.executable, "-m", module, "--config=configs/baseline.py:synthetic",
+        args = [sys.executable, "-m", module, "--config=configs/baseline.py:synthetic,size=tiny",
                 f"--workdir={workdir}", *_flags(config)]  # fmt: skip
         if processes > 1:
             args += [f"--coordinator_address=localhost:{port}", f"--num_processes={processes}",
@@ -109,7 +91,7 @@ def _kill(runs) -> None:
 
 
 def _state(config, workdir):
-    _, _, state = experiment.Experiment(config, workdir).restored_state()
+    _, _, state = Run(config, workdir).restored_state()
     return jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
 
 
@@ -125,23 +107,16 @@ def _train_steps_logged(workdir) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tfds"))
-    datasets.prepare("synthetic", "tiny", path)  # built once, before processes share it
-    return path
-
-
-@pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """A persistent compilation cache shared by the launches: later ones compile less."""
     return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache"))}
 
 
 @pytest.fixture(scope="module")
-def trained(data_dir, cache, tmp_path_factory):
+def trained(tiny_data_dir, cache, tmp_path_factory):
     """The same run trained by 2 processes x 2 devices and by 1 process x 4 devices."""
     root = tmp_path_factory.mktemp("runs")
-    config = _config(data_dir)
+    config = _config(tiny_data_dir)
     two, one = str(root / "two_processes"), str(root / "one_process")
     runs = _start(two, config, processes=2, devices=2, env=cache)
     runs += _start(one, config, processes=1, devices=4, env=cache)

@@ -9,8 +9,8 @@ from occreid_jax.data.sampler import IdentitySampler
 
 
 @pytest.fixture(scope="module")
-def builder(tmp_path_factory):
-    return datasets.prepare("synthetic", "tiny", str(tmp_path_factory.mktemp("tfds")))
+def builder(tiny_data_dir):
+    return datasets.prepare("synthetic", "tiny", tiny_data_dir)
 
 
 def test_train_batches_carry_the_sampled_images_labels_and_heatmaps(builder):

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from occreid_jax.losses.classification import cross_entropy_label_smoothing
-from occreid_jax.losses.objectives import LossConfig, grouped_triplet, pirt_objective
+from occreid_jax.losses.objectives import (
+    LossConfig,
+    PirtLossConfig,
+    grouped_triplet,
+    pirt_objective,
+)
 from occreid_jax.nets.pirt import Pirt
 from occreid_jax.nets.pirt_parts import (
     JOINT_GROUPS,
@@ -222,7 +227,9 @@ def test_objective_adds_global_ce_part_ce_and_part_triplet():
     np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
     assert metrics["triplet"] > 0
 
-    without_pose, _ = pirt_objective(
-        {"logits": {"stripe": logits["stripe"], "patch": logits["patch"]}}, labels, cfg
-    )
+    global_only = {"logits": {"stripe": logits["stripe"], "patch": logits["patch"]}}
+    without_pose, _ = pirt_objective(global_only, labels, PirtLossConfig(part_terms=False))
     np.testing.assert_allclose(float(without_pose), float(ce("stripe") + ce("patch")), rtol=1e-6)
+    # With the pose branch on, a missing part output is an error, not a dropped term.
+    with pytest.raises(ValueError, match=r"aux\['parts'\]"):
+        pirt_objective(global_only, labels, PirtLossConfig())

@@ -74,20 +74,17 @@ def hrnet_folder(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_heatmaps_mode_fills_a_store_that_training_reads(hrnet_folder, tmp_path):
+def test_heatmaps_mode_fills_a_store_that_training_reads(hrnet_folder, tiny_config, tmp_path):
     folder, module, variables = hrnet_folder
-    config = baseline.get_config("synthetic")
-    config.data.builder_config = "tiny"
-    config.data.data_dir = str(tmp_path / "tfds")
-    config.data.image_size = (64, 32)
-    config.data.batch_size = 8
-    config.data.eval_batch_size = 16
+    config = tiny_config("baseline")
+    config.pose.store = str(tmp_path / "heatmaps")  # this test's own store
     config.pose.net = "hrnet_w32"
     config.pose.init = folder
     roots = experiment.precompute_heatmaps(config, str(tmp_path / "run"))
     assert len(roots) == 1
 
     store = pose.store(config, "synthetic", "tiny")
+    assert store.root == config.pose.store
     builder = datasets.prepare("synthetic", "tiny", config.data.data_dir)
     query = datasets.load_split(builder, "query", with_heatmaps=False)
     for name in ("train", "query", "gallery", "query_holistic"):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from occreid_jax.errors import UserError
-from occreid_jax.nets import BACKBONES, build_model, feature_dim
+from occreid_jax.families import build_model
+from occreid_jax.nets import BACKBONES, feature_dim
 from occreid_jax.nets.resnet import ResNet50, ResNet50IBNa, ResNetTiny
 
 TORCHVISION_RESNET50_PARAMS_NO_FC = 23_508_032

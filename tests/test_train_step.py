@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import optax
 import pytest
+from helpers import make_optimizer
 
-from occreid_jax import nets, optim
+from occreid_jax import families, optim
 from occreid_jax.losses.objectives import LossConfig, baseline_objective
 from occreid_jax.train import create_train_state, parallel_train_step, train_step
 
@@ -15,29 +16,10 @@ IMAGE = (64, 32)
 
 
 def _setup(num_classes=8, optimizer="adam"):
-    import ml_collections
-
-    cfg = ml_collections.ConfigDict(
-        dict(
-            optimizer=optimizer,
-            lr=1e-3,
-            weight_decay=5e-4,
-            momentum=0.9,
-            adam_betas=(0.9, 0.999),
-            schedule="warmup_flat_cosine",
-            warmup_epochs=1,
-            warmup_factor=0.01,
-            cosine_start_epoch=2,
-            final_lr=1e-6,
-            epochs=4,
-            milestones=(2, 3),
-            gamma=0.1,
-        )
-    )
-    model = nets.build_model(
+    model = families.build_model(
         "baseline", num_classes=num_classes, backbone="resnet_tiny", bn_axis_name="batch"
     )
-    tx = optim.make_optimizer(cfg, optim.make_schedule(cfg, 2))
+    tx = make_optimizer(2, optimizer=optimizer, cosine_start_epoch=2, epochs=4)
     return create_train_state(model, tx, jax.random.PRNGKey(0), IMAGE)
 
 

@@ -20,7 +20,7 @@ import tensorflow as tf
 from occreid_jax.data import IMAGENET_MEAN, IMAGENET_STD
 
 HEATMAP_STRIDE = 4
-# COCO order (reference/pretrained.md): a horizontal flip swaps each left joint with its right.
+# COCO order (docs/pretrained-weights.md): a horizontal flip swaps each left joint with its right.
 COCO_FLIP_PERMUTATION = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
 
 

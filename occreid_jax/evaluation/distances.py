@@ -1,6 +1,6 @@
 """Query x gallery distances from features, computed block by block with a float32 BLAS product.
 
-Two metrics (the Re-ID conventions, see protocols.md):
+Two metrics (the Re-ID conventions, see docs/protocols.md, "Distances"):
 
 * "cosine": `1 - cos(q, g)`, i.e. `1 - <q/|q|, g/|g|>`, in [0, 2];
 * "euclidean": squared Euclidean `|q|^2 + |g|^2 - 2 <q, g>`, clipped at 0 (the expansion can

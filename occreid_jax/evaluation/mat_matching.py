@@ -1,7 +1,7 @@
 """MAT's matching rule: global distance plus visibility-weighted part distances.
 
 The paper does not say how part features are compared at test time; this is our choice
-(reference/mat-machinery.md), in the spirit of Pirt's confidence-weighted part distance:
+(docs/mat-choices.md), in the spirit of Pirt's confidence-weighted part distance:
 
     d(q, g) = d(global_q, global_g)
               + part_weight * sum_k w_k d(part_qk, part_gk) / sum_k w_k,   w_k = v_qk * v_gk

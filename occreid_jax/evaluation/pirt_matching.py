@@ -1,6 +1,6 @@
 """Pirt's test-time matching: global distances plus a part distance over each query's top-N.
 
-The rule of the authors' released evaluator (reference/pirt-official.md, "Matching at test
+The rule of the authors' released evaluator (docs/pirt-released-code.md, "Matching at test
 time"; paper Section 3.4 "Matching strategy" and Table 5):
 
 * `d_stripe`, `d_patch`: cosine distances (`1 - cos`) of the stripe and patch features (both
@@ -94,6 +94,24 @@ def check_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
         )
     out["released_index_defect"] = bool(out["released_index_defect"])
     return out
+
+
+def pirt_global_feature(features: Mapping[str, Any]) -> np.ndarray:
+    """[N, 2D]: concat(l2n(stripe), l2n(patch)) / sqrt(2).
+
+    Its cosine distance is (d_stripe + d_patch) / 2, so it ranks exactly as Pirt's global
+    distance (the first stage of the matching rule).
+    """
+    stripe = l2_normalize(np.asarray(features["stripe"], np.float32))
+    patch = l2_normalize(np.asarray(features["patch"], np.float32))
+    return np.concatenate([stripe, patch], axis=-1) / np.float32(np.sqrt(2.0))
+
+
+def pirt_with_global(features: Mapping[str, Any], expanded: np.ndarray) -> dict:
+    """The embeddings with stripe and patch = the two halves of a [N, 2D] global feature
+    (after query expansion; the rule compares them by cosine, so their scale is irrelevant)."""
+    dim = np.shape(features["stripe"])[1]
+    return {**features, "stripe": expanded[:, :dim], "patch": expanded[:, dim:]}
 
 
 def _check_features(name: str, feats: Mapping[str, Any]) -> dict[str, np.ndarray]:

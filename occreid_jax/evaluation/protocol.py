@@ -10,8 +10,10 @@ Two entries:
   A block returned as a JAX array on an accelerator is ranked there (`device.py`).
 * `evaluate_features(q_feats, g_feats, ...)`: the standard case, cosine or squared Euclidean
   distances of embeddings, in tiles that fit `memory_mib` whatever the gallery size, on the
-  accelerator when there is one (`blocks.py`); optionally with k-reciprocal re-ranking (which
-  does need the whole (Q+G)^2 matrix, see `rerank.py`).
+  accelerator when there is one (`blocks.py`); optionally with k-reciprocal re-ranking.
+* `evaluate_reranked(pairs, ...)`: k-reciprocal re-ranking of any distance over all Q + G images
+  (`set_pairs.py`: features or a model's own rule) in blocks (`rerank_blocks.py`), its
+  query-gallery blocks ranked by `evaluate_distance_blocks` as they are produced.
 
 Both return the dict of `ranking.evaluate_rank`, exactly (no approximation).
 """
@@ -26,7 +28,8 @@ import tqdm
 
 from occreid_jax.evaluation import blocks as tiling
 from occreid_jax.evaluation import distances, ranking
-from occreid_jax.evaluation.rerank import k_reciprocal_rerank
+from occreid_jax.evaluation.rerank_blocks import BlockedReRanking
+from occreid_jax.evaluation.set_pairs import FeatureSetPairs, SetPairs
 
 DistanceBlockFn = Callable[[slice], Any]
 
@@ -114,9 +117,9 @@ def evaluate_features(
 ) -> dict:
     """CMC / mAP / mINP of query and gallery embeddings, exactly, in bounded memory.
 
-    Without re-ranking, memory is the features plus about `memory_mib` of distance tiles,
-    whatever the gallery size (see `blocks.py`). With `rerank=True` the (Q+G)^2 float32
-    matrix is built on the host (4 (Q+G)^2 bytes).
+    Memory is the features plus about `memory_mib` of distance tiles, whatever the gallery
+    size (see `blocks.py`); with `rerank=True`, plus the neighbour lists and sparse rows of
+    the re-ranking (`rerank_blocks.py`), never the (Q+G)^2 matrix.
 
     Args:
         q_feats: [Q, D] query embeddings (flip-averaging, if any, is the caller's job).
@@ -124,7 +127,8 @@ def evaluate_features(
         q_pids, g_pids, q_camids, g_camids: [Q] / [G] person and camera ids.
         metric: "cosine" (1 - cos) or "euclidean" (squared).
         max_rank: length of the CMC curve; clipped to G.
-        chunk_size: queries per block, each against the whole gallery (overrides the budget).
+        chunk_size: queries per block, each against the whole gallery (overrides the budget;
+            with `rerank`, images per block in every pass).
         rerank: apply k-reciprocal re-ranking (k1, k2, lambda_value) first.
         k1, k2, lambda_value: re-ranking parameters (paper: 20, 6, 0.3).
         progress: show a progress bar.
@@ -137,29 +141,72 @@ def evaluate_features(
     """
     dist = distances.FeatureDistance(q_feats, g_feats, metric)
     num_q, num_g = dist.shape
-    if not rerank:
-        q_pids, g_pids, q_camids, g_camids = ranking.check_ids(
-            q_pids, g_pids, q_camids, g_camids, num_q, num_g
-        )
-        if max_rank < 1:
-            raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-        backend = tiling.resolve_backend(backend)
-        if chunk_size:
-            rows, cols = min(chunk_size, num_q), num_g
-        else:
-            budget = memory_mib or tiling.DEFAULT_MEMORY_MIB
-            bytes_per = tiling.BYTES_PER_DISTANCE[backend]
-            rows, cols = tiling.block_shape(num_q, num_g, budget, bytes_per)
-        gallery = ranking.GalleryIndex.build(g_pids, g_camids)
-        blocks = tiling.rank_features(
-            dist, q_pids, q_camids, gallery, rows, cols, backend, progress
-        )
-        return ranking.summarize_ranks(blocks, max_rank, num_g)
-    everything = np.concatenate([dist.q, dist.g])  # [Q+G, D]
-    full = distances.pairwise_distance(everything, everything, metric)
-    final = k_reciprocal_rerank(full, num_q, k1, k2, lambda_value, overwrite=True)
-    del full
-    return ranking.evaluate_rank(final, q_pids, g_pids, q_camids, g_camids, max_rank, chunk_size)
+    q_pids, g_pids, q_camids, g_camids = ranking.check_ids(
+        q_pids, g_pids, q_camids, g_camids, num_q, num_g
+    )
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    backend = tiling.resolve_backend(backend)
+    if rerank:
+        pairs = FeatureSetPairs(dist.q, dist.g, metric)
+        ids = (q_pids, g_pids, q_camids, g_camids)
+        return evaluate_reranked(
+            pairs, *ids, k1=k1, k2=k2, lambda_value=lambda_value, max_rank=max_rank,
+            chunk_size=chunk_size, progress=progress, memory_mib=memory_mib, backend=backend,
+        )  # fmt: skip
+    if chunk_size:
+        rows, cols = min(chunk_size, num_q), num_g
+    else:
+        budget = memory_mib or tiling.DEFAULT_MEMORY_MIB
+        bytes_per = tiling.BYTES_PER_DISTANCE[backend]
+        rows, cols = tiling.block_shape(num_q, num_g, budget, bytes_per)
+    gallery = ranking.GalleryIndex.build(g_pids, g_camids)
+    blocks = tiling.rank_features(dist, q_pids, q_camids, gallery, rows, cols, backend, progress)
+    return ranking.summarize_ranks(blocks, max_rank, num_g)
+
+
+def evaluate_reranked(
+    pairs: SetPairs,
+    q_pids: Any,
+    g_pids: Any,
+    q_camids: Any,
+    g_camids: Any,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    max_rank: int = 50,
+    chunk_size: int | None = None,
+    progress: bool = False,
+    memory_mib: float | None = None,
+    backend: str = "auto",
+) -> dict:
+    """CMC / mAP / mINP after k-reciprocal re-ranking, exactly, in bounded memory.
+
+    Args:
+        pairs: the distances of every image to both sets (`set_pairs.FeatureSetPairs` or
+            `set_pairs.RuleSetPairs`).
+        q_pids, g_pids, q_camids, g_camids: [Q] / [G] person and camera ids.
+        k1, k2, lambda_value: re-ranking parameters (paper: 20, 6, 0.3).
+        max_rank: length of the CMC curve; clipped to G.
+        chunk_size: images per block in every pass (overrides the budget).
+        progress: progress bars.
+        memory_mib: working memory of the blocks (default 256 MiB).
+        backend: "auto", "numpy" or "jax" (feature distances on the device; rules on the host).
+
+    Returns:
+        The metrics dict of `evaluate_rank`.
+    """
+    ranking.check_ids(q_pids, g_pids, q_camids, g_camids, pairs.num_query, pairs.num_gallery)
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    reranked = BlockedReRanking(
+        pairs, k1, k2, lambda_value, memory_mib=memory_mib, block_rows=chunk_size,
+        backend=tiling.resolve_backend(backend), progress=progress,
+    )  # fmt: skip
+    return evaluate_distance_blocks(
+        reranked, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank,
+        chunk_size=reranked.block_rows, progress=progress, memory_mib=memory_mib,
+    )  # fmt: skip
 
 
 def _on_accelerator(block: Any) -> bool:

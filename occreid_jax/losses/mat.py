@@ -4,7 +4,7 @@ The whole objective (Eq. 9, with the ID and triplet terms) is `objectives.mat_ob
 
 * L_eq: FOMM's equivariance of keypoints and Jacobians under a random TPS warp (Eq. 14), L1:
   `mean |p_k - T(p'_k)| + mean |I - J_k^-1 dT(p'_k) J'_k|`, p', J' from the warped images
-  (the second forward pass of `equivariance.py`).
+  (the second forward pass of `nets/mat_warped_pass.py`).
 * L_fc: feature consistency (Eq. 8, 10-12): in every identity group of the P x K batch the
   first image is A; each other image X's maps are brought into A's frame by the flow
   `F_{A<-X}` that A's segmentation composes from the part motions (`motion.warp_to_target`)

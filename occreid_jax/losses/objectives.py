@@ -4,17 +4,17 @@
   pirt      the released Pirt objective (global CE terms, part CE and triplet)
   mat       Eq. 9 of MAT: `1 ID_g + 1 Tri_g + 1 ID_p + 1 Tri_p + 10 L_eq + 5 L_fc`
 
-An objective maps the model's `aux` dict and the batch labels to `(loss, metrics)`. It runs
-per device inside the pmapped step, so batch-hard mining sees only that device's identities;
-`mining_groups` reproduces the same per-group mining on a single device (used to check
-multi-device training against one device).
+An objective maps the model's `aux` dict and the batch labels to `(loss, metrics)`. Which
+terms it computes follows from its settings (the model's switches, copied into them), never
+from which aux keys happen to exist: a key the terms need and the model did not return is an
+error naming it (`require`). It runs per device inside the pmapped step, so batch-hard mining
+sees only that device's identities; `mining_groups` reproduces the same per-group mining on a
+single device (used to check multi-device training against one device).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +56,16 @@ class LossConfig:
         return cls.from_config(config.loss, mining_groups)
 
 
+def require(aux: dict, keys, objective: str) -> None:
+    """Raises a ValueError naming the first of `keys` missing from the model's `aux`."""
+    for key in keys:
+        if key not in aux:
+            raise ValueError(
+                f"the {objective} objective needs aux[{key!r}], which the model did not return "
+                f"(it returned {sorted(aux)}); check the model's switches against config.loss"
+            )
+
+
 def grouped_triplet(features: jax.Array, labels: jax.Array, cfg: LossConfig) -> jax.Array:
     """Batch-hard triplet mined separately in `cfg.mining_groups` contiguous groups, averaged.
 
@@ -88,6 +98,7 @@ def baseline_objective(aux: dict, labels: jax.Array, cfg: LossConfig):
     Returns:
       (scalar loss, dict of scalar metrics).
     """
+    require(aux, ("logits", "global_feat"), "baseline")
     ce = cross_entropy_label_smoothing(aux["logits"], labels, epsilon=cfg.label_smoothing)
     tri = grouped_triplet(aux["global_feat"].astype(jnp.float32), labels, cfg)
     loss = cfg.ce_weight * ce + cfg.triplet_weight * tri
@@ -95,22 +106,38 @@ def baseline_objective(aux: dict, labels: jax.Array, cfg: LossConfig):
     return loss, {"loss": loss, "ce": ce, "triplet": tri, "accuracy": accuracy}
 
 
-def pirt_objective(aux: dict, labels: jax.Array, cfg: LossConfig):
+@dataclasses.dataclass(frozen=True)
+class PirtLossConfig(LossConfig):
+    """config.loss of Pirt, plus whether the pose branch (and so the part terms) is on."""
+
+    part_terms: bool = True  # config.model.use_pose
+
+    @classmethod
+    def from_run_config(cls, config, mining_groups: int = 1) -> PirtLossConfig:
+        base = LossConfig.from_config(config.loss, mining_groups)
+        return cls(**dataclasses.asdict(base), part_terms=bool(config.model.use_pose))
+
+
+def pirt_objective(aux: dict, labels: jax.Array, cfg: PirtLossConfig):
     """Pirt as released: CE(stripe) + CE(patch) + mean_p CE(part_p) + mean_p triplet(part_p).
 
     Paper Eq. 15-17 (its Eq. 16 has no triplet on the global features, and neither has the
     released code). Every CE uses label smoothing; each part's batch-hard triplet is computed
     on its confidence-weighted feature before the part's BNNeck. Without the pose branch
-    (`use_pose=False`) only the two global CE terms remain.
+    (`cfg.part_terms` False: `use_pose=False`) only the two global CE terms remain.
 
     Args:
       aux: the model's aux: `logits` {"stripe", "patch", "part0", ...} -> [B, C] and, with
-        the pose branch, `parts` [B, P, D].
+        the part terms, `parts` [B, P, D].
       labels: [B] int train labels.
+      cfg: a `PirtLossConfig` (a plain `LossConfig` means the part terms are on).
     Returns:
       (scalar loss, dict of scalar metrics).
     """
+    part_terms = getattr(cfg, "part_terms", True)
+    require(aux, ("logits", "parts") if part_terms else ("logits",), "pirt")
     logits = aux["logits"]
+    require(logits, ("stripe", "patch"), "pirt (logits)")
 
     def ce(name):
         return cross_entropy_label_smoothing(logits[name], labels, epsilon=cfg.label_smoothing)
@@ -118,8 +145,9 @@ def pirt_objective(aux: dict, labels: jax.Array, cfg: LossConfig):
     global_ce = ce("stripe") + ce("patch")
     metrics = {"ce_stripe": ce("stripe"), "ce_patch": ce("patch")}
     loss = cfg.ce_weight * global_ce
-    if "parts" in aux:
+    if part_terms:
         num_parts = aux["parts"].shape[1]
+        require(logits, [f"part{p}" for p in range(num_parts)], "pirt (logits)")
         part_ce = jnp.mean(jnp.stack([ce(f"part{p}") for p in range(num_parts)]))
         parts = aux["parts"].astype(jnp.float32)
         part_tri = jnp.mean(
@@ -141,7 +169,9 @@ CONSISTENCY_TARGETS = ("encoder", "backbone", "segmentation")
 class MatLossConfig(LossConfig):
     """config.loss of MAT: LossConfig's global-branch fields (ce_weight = lambda1,
     triplet_weight = lambda2) plus the part, equivariance and consistency terms, the random
-    TPS of the equivariance pass, and the identity group size (data.instances_per_id)."""
+    TPS of the equivariance pass, the identity group size (data.instances_per_id), and the
+    model's branch switches (config.model.segmentation and .keypoints), which decide the terms.
+    """
 
     part_ce_weight: float = 1.0  # lambda3
     part_triplet_weight: float = 1.0  # lambda4
@@ -161,16 +191,25 @@ class MatLossConfig(LossConfig):
     tps_sigma_tps: float = 0.005
     tps_points: int = 5
     group_size: int = 4
+    segmentation: bool = True  # config.model.segmentation
+    keypoints: str = "self_supervised"  # config.model.keypoints; "none": no keypoint terms
 
     @classmethod
     def from_run_config(cls, config, mining_groups: int = 1) -> MatLossConfig:
-        """Reads config.loss and the group size K = config.data.instances_per_id."""
-        names = {f.name for f in dataclasses.fields(cls)} - {"mining_groups", "group_size"}
+        """Reads config.loss, the group size K = config.data.instances_per_id and the model's
+        branch switches."""
+        model_fields = ("segmentation", "keypoints")
+        names = {f.name for f in dataclasses.fields(cls)} - {
+            "mining_groups",
+            "group_size",
+            *model_fields,
+        }
         missing = sorted(n for n in names if n not in config.loss)
         if missing:
             raise UserError(f"config.loss lacks {', '.join(missing)}; start from configs/mat.py")
         settings = cls(
             **{n: config.loss[n] for n in names},
+            **{n: config.model[n] for n in model_fields if n in config.model},
             mining_groups=mining_groups,
             group_size=config.data.instances_per_id,
         )
@@ -228,15 +267,18 @@ def flow_jacobians(aux: dict, cfg: MatLossConfig) -> jax.Array:
     return jnp.broadcast_to(jnp.eye(2, dtype=jnp.float32), aux["jacobians"].shape)
 
 
+CONSISTENCY_INPUTS = {"encoder": "feature_maps", "backbone": "backbone_maps"}
+
+
 def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
-    """MAT's total loss (Eq. 9), with the terms the model's switches leave in `aux`.
+    """MAT's total loss (Eq. 9), with the terms of the branches `cfg` says the model has.
 
     * ID: cross-entropy on the global logits (Eq. 15) and on each part's logits (Eq. 16, the
       mean over parts: not in the paper), label smoothing `cfg.label_smoothing` (0 in Eq. 15).
     * Tri: soft-margin batch-hard triplet (Eq. 17; `cfg.triplet_metric` "sqeuclidean") on the
       features before their BNNeck; parts mined separately and averaged (not in the paper).
-    * L_eq = value + Jacobian term (`losses/mat.equivariance_loss`), when the equivariance
-      pass ran; L_fc (`losses/mat.consistency_loss`) when there are keypoints and parts, on
+    * L_eq = value + Jacobian term (`losses/mat.equivariance_loss`) with keypoints (from the
+      equivariance pass); L_fc (`losses/mat.consistency_loss`) with keypoints and parts, on
       the maps `consistency_maps` picks and averaged over them, with the part motions'
       Jacobians of `flow_jacobians`.
     * Keypoint separation (`cfg.keypoint_separation_weight`, not in the paper) and L_div
@@ -250,17 +292,29 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
       aux: the model's aux (`nets/mat.py`), plus "warped" {"keypoints", "jacobians"} and
         "tps" from the equivariance pass when the model has keypoints.
       labels: [B] int train labels, identity-major in groups of `cfg.group_size`.
-      cfg: loss weights and settings.
+      cfg: loss weights, settings and the model's branch switches.
 
     Returns:
       (scalar loss, dict of scalar metrics).
     """
+    has_parts = cfg.segmentation
+    has_keypoints = cfg.keypoints != "none"
+    needed = ["logits", "global_feat"]
+    if has_parts:
+        needed += ["part_logits", "part_feat", "segmentation"]
+    if has_keypoints:
+        needed += ["keypoints", "jacobians", "warped", "tps"]
+    has_consistency = has_parts and has_keypoints and cfg.group_size > 1
+    if has_consistency and cfg.consistency_target in CONSISTENCY_INPUTS:
+        needed.append(CONSISTENCY_INPUTS[cfg.consistency_target])
+    require(aux, needed, "mat")
+
     ce = cross_entropy_label_smoothing(aux["logits"], labels, epsilon=cfg.label_smoothing)
     tri = grouped_triplet(aux["global_feat"], labels, cfg)
     loss = cfg.ce_weight * ce + cfg.triplet_weight * tri
     accuracy = jnp.mean(jnp.argmax(aux["logits"], -1) == labels)
     metrics = {"ce": ce, "triplet": tri, "accuracy": accuracy}
-    if "part_logits" in aux:
+    if has_parts:
         part_ce = _per_part(
             lambda logits: cross_entropy_label_smoothing(logits, labels, cfg.label_smoothing),
             aux["part_logits"],
@@ -268,7 +322,13 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
         part_tri = _per_part(lambda f: grouped_triplet(f, labels, cfg), aux["part_feat"])
         loss = loss + cfg.part_ce_weight * part_ce + cfg.part_triplet_weight * part_tri
         metrics.update(part_ce=part_ce, part_triplet=part_tri)
-    if "warped" in aux:
+        # Collapse diagnostic (no gradient): 1/(K+1) for uniform maps.
+        metrics["segmentation_confidence"] = jnp.mean(jnp.max(aux["segmentation"], axis=-1))
+        if cfg.part_diversity_weight:
+            diversity = part_diversity_loss(aux["segmentation"])
+            loss = loss + cfg.part_diversity_weight * diversity
+            metrics["part_diversity"] = diversity
+    if has_keypoints:
         eq_value, eq_jacobian = equivariance_loss(
             aux["keypoints"],
             aux["jacobians"],
@@ -278,21 +338,13 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
         )
         loss = loss + cfg.equivariance_weight * (eq_value + eq_jacobian)
         metrics.update(equivariance_value=eq_value, equivariance_jacobian=eq_jacobian)
-    # Collapse diagnostics (no gradient): L_fc is also satisfied by one segmentation shared by
-    # every image, and L_eq by keypoints that sit together.
-    if "segmentation" in aux:
-        metrics["segmentation_confidence"] = jnp.mean(jnp.max(aux["segmentation"], axis=-1))
-        if cfg.part_diversity_weight:
-            diversity = part_diversity_loss(aux["segmentation"])
-            loss = loss + cfg.part_diversity_weight * diversity
-            metrics["part_diversity"] = diversity
-    if "keypoints" in aux:
+        # Collapse diagnostic (no gradient): 0 when the keypoints coincide.
         metrics["keypoint_spread"] = jnp.mean(jnp.std(aux["keypoints"], axis=1))
-    if "keypoints" in aux and cfg.keypoint_separation_weight:
-        separation = keypoint_separation_loss(aux["keypoints"], cfg.keypoint_separation_sigma)
-        loss = loss + cfg.keypoint_separation_weight * separation
-        metrics["keypoint_separation"] = separation
-    if "segmentation" in aux and "keypoints" in aux and cfg.group_size > 1:
+        if cfg.keypoint_separation_weight:
+            separation = keypoint_separation_loss(aux["keypoints"], cfg.keypoint_separation_sigma)
+            loss = loss + cfg.keypoint_separation_weight * separation
+            metrics["keypoint_separation"] = separation
+    if has_consistency:
         levels = consistency_maps(aux, cfg)
         fc = sum(
             consistency_loss(
@@ -309,22 +361,3 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
         metrics["consistency"] = fc
     metrics["loss"] = loss
     return loss, metrics
-
-
-# Plain-dict registries: model name -> its objective, and the settings class it takes
-# (LossConfig unless listed).
-OBJECTIVES = {"baseline": baseline_objective, "pirt": pirt_objective, "mat": mat_objective}
-LOSS_CONFIGS: dict[str, type[LossConfig]] = {"mat": MatLossConfig}
-
-
-def loss_settings(config, mining_groups: int = 1) -> LossConfig:
-    """The settings object `config.model.name`'s objective takes, read from a run config."""
-    return LOSS_CONFIGS.get(config.model.name, LossConfig).from_run_config(config, mining_groups)
-
-
-def make_objective(config, settings: LossConfig | None = None) -> Callable:
-    """`(aux, labels) -> (loss, metrics)` of `config.model.name` with its settings bound."""
-    name = config.model.name
-    if name not in OBJECTIVES:
-        raise UserError(f"no objective for model {name!r}; known: {', '.join(OBJECTIVES)}")
-    return functools.partial(OBJECTIVES[name], cfg=settings or loss_settings(config))

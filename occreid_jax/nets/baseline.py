@@ -40,6 +40,26 @@ def bnneck(train: bool, axis_name: str | None, name: str) -> nn.BatchNorm:
     )
 
 
+def classifier(num_classes: int, name: str) -> nn.Dense:
+    """The bias-free linear classifier on a BNNeck output, float32, N(0, 0.001) weights."""
+    return nn.Dense(
+        num_classes, use_bias=False, dtype=jnp.float32, kernel_init=classifier_init, name=name
+    )
+
+
+def backbone_features(module: nn.Module, x: jax.Array, train: bool, all_stages: bool = False):
+    """Runs the backbone a model module configures (its `backbone`, `last_stride`, `dtype`,
+    `bn_axis_name` fields) as the submodule "backbone": [B, H, W, 3] -> [B, h, w, C], or with
+    `all_stages` the list of every stage's output (`ResNet.stage_outputs`)."""
+    backbone = get_backbone(module.backbone)(
+        last_stride=module.last_stride,
+        dtype=module.dtype,
+        bn_axis_name=module.bn_axis_name,
+        name="backbone",
+    )
+    return backbone.stage_outputs(x, train) if all_stages else backbone(x, train)
+
+
 class Baseline(nn.Module):
     """Backbone -> GAP -> BNNeck -> bias-free classifier.
 
@@ -82,21 +102,10 @@ class Baseline(nn.Module):
             aux["global_feat"]: [B, D] pooled feature before the BNNeck (for the triplet loss).
             aux["logits"]: [B, num_classes] (absent when num_classes == 0).
         """
-        fmap = get_backbone(self.backbone)(
-            last_stride=self.last_stride,
-            dtype=self.dtype,
-            bn_axis_name=self.bn_axis_name,
-            name="backbone",
-        )(x, train)
+        fmap = backbone_features(self, x, train)
         global_feat = jnp.mean(fmap, axis=(1, 2), dtype=jnp.float32)
         bn_feat = bnneck(train, self.bn_axis_name, "bottleneck")(global_feat)
         aux = {"global_feat": global_feat}
         if self.num_classes > 0:
-            aux["logits"] = nn.Dense(
-                self.num_classes,
-                use_bias=False,
-                dtype=jnp.float32,
-                kernel_init=classifier_init,
-                name="classifier",
-            )(bn_feat)
+            aux["logits"] = classifier(self.num_classes, "classifier")(bn_feat)
         return {"global": bn_feat}, aux

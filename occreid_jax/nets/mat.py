@@ -1,4 +1,5 @@
-"""MAT: the motion-aware transformer (Zhou et al.; papers/mat-paper.md, reference/mat-machinery.md).
+"""MAT: the motion-aware transformer (Zhou et al., "Motion-Aware Transformer for Occluded
+Person Re-identification"; what the paper states and what we chose: docs/mat-choices.md).
 
     image [B, H, W, 3] -> ResNet -> [B, h, w, C] -> 1x1 projection (+ 2D sine positions)
       -> transformer encoder (6 layers) -> f_g [B, h*w, d]             (the global feature maps)
@@ -21,9 +22,8 @@ the channels projected features, half positions); with `encoder_layers=0` f_g is
 projected map itself, with `decoder_layers=0` the learned queries go to the MLP heads directly
 (image-independent embeddings: the Table 1 rows without encoder or decoder). The maps are the
 plain dot products, as the paper says; `scale_maps` divides them by sqrt(d_model) like
-attention logits, but then the maps start nearly flat (at the synthetic size: every keypoint
-near the image centre, max part probability 0.10 for uniform 0.09), where plain products start
-FOMM-like (peaked heatmaps, keypoints spread over the image).
+attention logits, which makes the maps start nearly flat, where plain products start FOMM-like
+(peaked heatmaps, keypoints spread over the image).
 
 Parameter tree: backbone/..., input_proj, encoder_{i}, queries, decoder_{i}, keypoint_head,
 segment_head, jacobian_head, bottleneck (global BNNeck), classifier, part_bottleneck,
@@ -41,7 +41,7 @@ import jax.numpy as jnp
 
 from occreid_jax import motion
 from occreid_jax.errors import UserError
-from occreid_jax.nets.baseline import bnneck, classifier_init
+from occreid_jax.nets.baseline import backbone_features, bnneck, classifier, classifier_init
 from occreid_jax.nets.resnet import get_backbone
 from occreid_jax.nets.transformer import DecoderLayer, EncoderLayer, sine_position_embedding
 
@@ -239,105 +239,141 @@ class Mat(nn.Module):
             Logits are absent when num_classes == 0; keypoints are absent with
             keypoints="heatmaps" when no heatmaps are given (inference).
         """
-        stages = get_backbone(self.backbone)(
-            last_stride=self.last_stride,
-            dtype=self.dtype,
-            bn_axis_name=self.bn_axis_name,
-            name="backbone",
-        ).stage_outputs(x, train)
+        stages = backbone_features(self, x, train, all_stages=True)
         fmap = stages[-1]
-        batch, height, width, _ = fmap.shape
-        d, k = self.d_model, self.num_parts
+        height, width = fmap.shape[1:3]
+        tokens = self._encode(fmap, train)
+        features = tokens.astype(jnp.float32)  # f_g: [B, N, d], N = h * w
+        keypoint_emb, segment_emb = self._decode(tokens, train)
+        aux: dict[str, Any] = {"backbone_maps": stages}
+        if self.keypoints != "none":
+            aux.update(self._keypoints(features, keypoint_emb, heatmaps, (height, width), train))
+        out, global_aux = self._global_branch(features, (height, width), train)
+        aux.update(global_aux)
+        if self.segmentation:
+            segment_input = self._segment_input(features, fmap)
+            parts, part_aux = self._parts(
+                features, segment_input, segment_emb, (height, width), train
+            )
+            out.update(parts)
+            aux.update(part_aux)
+        return out, aux
 
+    def _encode(self, fmap: jax.Array, train: bool) -> jax.Array:
+        """Projection with positions and encoder: [B, h, w, C] -> tokens [B, h*w, d]."""
         tokens = self._tokens(fmap)
         for i in range(self.encoder_layers):
             tokens = EncoderLayer(
-                d, self.num_heads, self.ffn_dim, self.dropout, self.dtype, name=f"encoder_{i}"
+                self.d_model,
+                self.num_heads,
+                self.ffn_dim,
+                self.dropout,
+                self.dtype,
+                name=f"encoder_{i}",
             )(tokens, train)
-        features = tokens.astype(jnp.float32)  # f_g: [B, N, d], N = h * w
-        segment_input = features
-        if self.segment_features == "backbone":
-            segment_input = nn.Dense(d, dtype=jnp.float32, name="segment_proj")(
-                fmap.astype(jnp.float32)
-            ).reshape(batch, height * width, d)
+        return tokens
 
+    def _decode(self, tokens: jax.Array, train: bool):
+        """The decoder's query embeddings: (keypoint [B, K, d] or None, segment [B, K+1, d] or
+        None), float32, before their MLP heads."""
+        d, k = self.d_model, self.num_parts
         num_kp = k if self.keypoints == "self_supervised" else 0
         num_seg = k + 1 if self.segmentation else 0
-        embeddings = None
-        if num_kp + num_seg:
-            queries = self.param(
-                "queries", nn.initializers.normal(1.0), (num_kp + num_seg, d), jnp.float32
+        if not num_kp + num_seg:
+            return None, None
+        queries = self.param(
+            "queries", nn.initializers.normal(1.0), (num_kp + num_seg, d), jnp.float32
+        )
+        q = jnp.broadcast_to(queries.astype(self.dtype), (tokens.shape[0], num_kp + num_seg, d))
+        for i in range(self.decoder_layers):
+            q = DecoderLayer(
+                d, self.num_heads, self.ffn_dim, self.dropout, self.dtype, name=f"decoder_{i}"
+            )(q, tokens, train)
+        embeddings = q.astype(jnp.float32)
+        keypoint_emb = embeddings[:, :num_kp] if num_kp else None
+        segment_emb = embeddings[:, num_kp:] if num_seg else None
+        return keypoint_emb, segment_emb
+
+    def _map_scale(self) -> float:
+        return 1.0 / math.sqrt(self.d_model) if self.scale_maps else 1.0
+
+    def _keypoints(self, features, keypoint_emb, heatmaps, size, train: bool) -> dict:
+        """Keypoints [B, K, 2], Jacobians [B, K, 2, 2] and heatmaps [B, h, w, K] (aux entries;
+        none with keypoints="heatmaps" and no heatmaps at inference)."""
+        batch, k = features.shape[0], self.num_parts
+        height, width = size
+        # FOMM's Jacobian head: zero weights, bias = identity, so every J_k starts at I.
+        jacobian_map = nn.Dense(
+            4 * k,
+            dtype=jnp.float32,
+            kernel_init=nn.initializers.zeros,
+            bias_init=_identity_jacobian_bias(k),
+            name="jacobian_head",
+        )(features).reshape(batch, height, width, 4 * k)
+        if self.keypoints == "self_supervised":
+            emb = MLPHead(self.d_model, self.head_layers, name="keypoint_head")(keypoint_emb)
+            logits = jnp.einsum("bnd,bkd->bnk", features, emb) * self._map_scale()
+            points, heat = motion.soft_argmax(
+                logits.reshape(batch, height, width, k), self.temperature
             )
-            q = jnp.broadcast_to(queries.astype(self.dtype), (batch, num_kp + num_seg, d))
-            for i in range(self.decoder_layers):
-                q = DecoderLayer(
-                    d, self.num_heads, self.ffn_dim, self.dropout, self.dtype, name=f"decoder_{i}"
-                )(q, tokens, train)
-            embeddings = q.astype(jnp.float32)
-        scale = 1.0 / math.sqrt(d) if self.scale_maps else 1.0
-        aux: dict[str, Any] = {"backbone_maps": stages}
+        elif heatmaps is not None:
+            heat = group_heatmaps(heatmaps, size, k)
+            points = motion.expected_position(heat)
+        elif train:
+            raise UserError(
+                "model.keypoints='heatmaps' needs pose heatmaps; set --config.pose.source "
+                "to ground_truth (synthetic), precomputed or online"
+            )
+        else:
+            return {}
+        return {
+            "keypoints": points,
+            "jacobians": motion.pool_jacobians(heat, jacobian_map),
+            "keypoint_heatmaps": heat,
+        }
 
-        if self.keypoints != "none":
-            # FOMM's Jacobian head: zero weights, bias = identity, so every J_k starts at I.
-            jacobian_map = nn.Dense(
-                4 * k,
-                dtype=jnp.float32,
-                kernel_init=nn.initializers.zeros,
-                bias_init=_identity_jacobian_bias(k),
-                name="jacobian_head",
-            )(features).reshape(batch, height, width, 4 * k)
-            heat = None
-            if self.keypoints == "self_supervised":
-                emb = MLPHead(d, self.head_layers, name="keypoint_head")(embeddings[:, :num_kp])
-                logits = jnp.einsum("bnd,bkd->bnk", features, emb) * scale
-                points, heat = motion.soft_argmax(
-                    logits.reshape(batch, height, width, k), self.temperature
-                )
-            elif heatmaps is not None:
-                heat = group_heatmaps(heatmaps, (height, width), k)
-                points = motion.expected_position(heat)
-            elif train:
-                raise UserError(
-                    "model.keypoints='heatmaps' needs pose heatmaps; set --config.pose.source "
-                    "to ground_truth (synthetic), precomputed or online"
-                )
-            if heat is not None:
-                aux["keypoints"] = points
-                aux["jacobians"] = motion.pool_jacobians(heat, jacobian_map)
-                aux["keypoint_heatmaps"] = heat
-
+    def _global_branch(self, features, size, train: bool) -> tuple[dict, dict]:
+        """({"global": [B, d]}, aux with feature_maps, global_feat and logits)."""
+        batch, d = features.shape[0], self.d_model
         global_feat = jnp.mean(features, axis=1)
-        aux["feature_maps"] = features.reshape(batch, height, width, d)
-        aux["global_feat"] = global_feat
+        aux = {
+            "feature_maps": features.reshape(batch, *size, d),
+            "global_feat": global_feat,
+        }
         out = {"global": self._bnneck(global_feat, train, "bottleneck")}
         if self.num_classes:
-            aux["logits"] = nn.Dense(
-                self.num_classes,
-                use_bias=False,
-                dtype=jnp.float32,
-                kernel_init=classifier_init,
-                name="classifier",
-            )(out["global"])
+            aux["logits"] = classifier(self.num_classes, "classifier")(out["global"])
+        return out, aux
 
-        if self.segmentation:
-            emb = MLPHead(d, self.head_layers, name="segment_head")(embeddings[:, num_kp:])
-            logits = jnp.einsum("bnd,bkd->bnk", segment_input, emb) * scale
-            seg = jax.nn.softmax(logits, axis=-1)
-            part_weights = seg[..., 1:]  # [B, N, K], background excluded
-            mass = part_weights.sum(axis=1)  # [B, K]
-            part_feat = jnp.einsum("bnk,bnd->bkd", part_weights, features) / (
-                mass[..., None] + 1e-6
+    def _segment_input(self, features: jax.Array, fmap: jax.Array) -> jax.Array:
+        """What the segment embeddings multiply (`segment_features`): f_g [B, N, d], or the
+        backbone map [B, h, w, C] through its own projection to [B, N, d]."""
+        if self.segment_features == "encoder":
+            return features
+        projected = nn.Dense(self.d_model, dtype=jnp.float32, name="segment_proj")(
+            fmap.astype(jnp.float32)
+        )
+        return projected.reshape(features.shape)
+
+    def _parts(self, features, segment_input, segment_emb, size, train: bool) -> tuple[dict, dict]:
+        """K+1 segmentation (from `segment_input` [B, N, d]), part features pooled from f_g
+        and visibility: ({"parts", "visibility"}, aux)."""
+        batch, d, k = features.shape[0], self.d_model, self.num_parts
+        height, width = size
+        emb = MLPHead(d, self.head_layers, name="segment_head")(segment_emb)
+        logits = jnp.einsum("bnd,bkd->bnk", segment_input, emb) * self._map_scale()
+        seg = jax.nn.softmax(logits, axis=-1)
+        part_weights = seg[..., 1:]  # [B, N, K], background excluded
+        mass = part_weights.sum(axis=1)  # [B, K]
+        part_feat = jnp.einsum("bnk,bnd->bkd", part_weights, features) / (mass[..., None] + 1e-6)
+        bn_parts = self._bnneck(part_feat.reshape(batch, k * d), train, "part_bottleneck")
+        out = {"parts": bn_parts.reshape(batch, k, d), "visibility": mass / (height * width)}
+        aux = {"segmentation": seg.reshape(batch, height, width, k + 1), "part_feat": part_feat}
+        if self.num_classes:
+            kernel = self.param(
+                "part_classifier", classifier_init, (k, d, self.num_classes), jnp.float32
             )
-            aux["segmentation"] = seg.reshape(batch, height, width, k + 1)
-            aux["part_feat"] = part_feat
-            bn_parts = self._bnneck(part_feat.reshape(batch, k * d), train, "part_bottleneck")
-            out["parts"] = bn_parts.reshape(batch, k, d)
-            out["visibility"] = mass / (height * width)
-            if self.num_classes:
-                kernel = self.param(
-                    "part_classifier", classifier_init, (k, d, self.num_classes), jnp.float32
-                )
-                aux["part_logits"] = jnp.einsum("bkd,kdc->bkc", out["parts"], kernel)
+            aux["part_logits"] = jnp.einsum("bkd,kdc->bkc", out["parts"], kernel)
         return out, aux
 
     def _bnneck(self, feat: jax.Array, train: bool, name: str) -> jax.Array:

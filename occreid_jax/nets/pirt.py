@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from occreid_jax.errors import UserError
-from occreid_jax.nets.baseline import bnneck, classifier_init
+from occreid_jax.nets.baseline import backbone_features, bnneck, classifier
 from occreid_jax.nets.pirt_parts import (
     JOINT_GROUPS,
     ConfidenceScore,
@@ -119,24 +119,8 @@ class Pirt(nn.Module):
             aux["logits"]: {"stripe", "patch", "part0".."part2"} -> [B, num_classes].
             aux["parts"]: [B, 3, C] the same confidence-weighted part features (triplet input).
         """
-        fmap = get_backbone(self.backbone)(
-            last_stride=self.last_stride,
-            dtype=self.dtype,
-            bn_axis_name=self.bn_axis_name,
-            name="backbone",
-        )(x, train)
-        fmap = fmap.astype(jnp.float32)
-        feature_hw = fmap.shape[1:3]
-
-        guide = None
-        if self.use_pose:
-            if heatmaps is None:
-                raise UserError(
-                    "Pirt needs keypoint heatmaps; set pose.source (ground_truth on the "
-                    "synthetic benchmark, precomputed after --mode=heatmaps, or online)"
-                )
-            guide = pose_guidance(heatmaps, feature_hw, self.mask_threshold)
-
+        fmap = backbone_features(self, x, train).astype(jnp.float32)
+        guide = self._pose_guidance(heatmaps, fmap.shape[1:3])
         if self.use_intra:
             human_mask = guide["human_mask"] if guide is not None else jnp.ones_like(fmap[..., :1])
             fmap = IntraPartRelation(
@@ -147,7 +131,6 @@ class Pirt(nn.Module):
                 bn_axis_name=self.bn_axis_name,
                 name="intra",
             )(fmap, human_mask, train)
-
         transformer = (
             RelationalTransformer(
                 self.num_layers, self.num_heads, self.ffn_dim, self.dropout, name="inter"
@@ -156,23 +139,42 @@ class Pirt(nn.Module):
             else None
         )
 
-        def relate(tokens):  # [B, T, C] -> [B, C]
+        def relate(tokens):  # [B, T, C] -> [B, C], with the one shared transformer
             if transformer is not None:
                 tokens = transformer(tokens, train)
             return jnp.mean(tokens, axis=1)
 
-        def classify(feat, name):  # bias-free linear classifier on a BNNeck output
-            if self.num_classes == 0:
-                return None
-            return nn.Dense(
-                self.num_classes,
-                use_bias=False,
-                dtype=jnp.float32,
-                kernel_init=classifier_init,
-                name=name,
-            )(feat)
+        embeddings, logits = self._global_features(fmap, relate, train)
+        aux = {}
+        if guide is not None:
+            parts, part_logits = self._part_features(fmap, guide, relate, train)
+            embeddings.update(parts)
+            logits.update(part_logits)
+            aux["parts"] = parts["parts"]
+        if self.num_classes > 0:
+            aux["logits"] = logits
+        return embeddings, aux
 
-        height, width = feature_hw
+    def _pose_guidance(self, heatmaps, feature_hw) -> dict | None:
+        """Joint masks, group confidences and the human mask (None without the pose branch)."""
+        if not self.use_pose:
+            return None
+        if heatmaps is None:
+            raise UserError(
+                "Pirt needs keypoint heatmaps; set pose.source (ground_truth on the "
+                "synthetic benchmark, precomputed after --mode=heatmaps, or online)"
+            )
+        return pose_guidance(heatmaps, feature_hw, self.mask_threshold)
+
+    def _classify(self, feat: jax.Array, name: str) -> jax.Array | None:
+        """Bias-free linear classifier on a BNNeck output (None without classes)."""
+        if self.num_classes == 0:
+            return None
+        return classifier(self.num_classes, name)(feat)
+
+    def _global_features(self, fmap, relate, train: bool) -> tuple[dict, dict]:
+        """Stripe and patch features after their BNNeck, and their logits."""
+        height, width = fmap.shape[1:3]
         grid = (
             tuple(self.patch_grid) if self.patch_grid else (max(height // 4, 1), max(width // 2, 1))
         )
@@ -182,29 +184,26 @@ class Pirt(nn.Module):
                 adaptive_max_pool(fmap, grid).reshape(fmap.shape[0], -1, fmap.shape[-1])
             ),
         }
-        embeddings, logits, aux = {}, {}, {}
+        embeddings, logits = {}, {}
         for name, feat in global_feats.items():
             embeddings[name] = bnneck(train, self.bn_axis_name, f"{name}_bnneck")(feat)
-            logits[name] = classify(embeddings[name], f"{name}_classifier")
+            logits[name] = self._classify(embeddings[name], f"{name}_classifier")
+        return embeddings, logits
 
-        if guide is not None:
-            joints = joint_features(fmap, guide["joint_masks"])  # [B, 17, C]
-            # The groups have equal token counts: one transformer call on [P * B, 6, C] (the
-            # same computation as one call per group, with fewer, larger operations).
-            tokens = jnp.concatenate([joints[:, list(g)] for g in JOINT_GROUPS], axis=0)
-            parts = relate(tokens).reshape(len(JOINT_GROUPS), -1, tokens.shape[-1])
-            parts = jnp.swapaxes(parts, 0, 1)  # [B, P, C]
-            confidence = ConfidenceScore(self.csm_width, name="confidence")(
-                parts, guide["group_confidence"]
-            )
-            parts = parts * confidence[..., None]
-            embeddings["parts"] = parts
-            embeddings["confidence"] = confidence
-            aux["parts"] = parts
-            for p in range(len(JOINT_GROUPS)):
-                part_bn = bnneck(train, self.bn_axis_name, f"part{p}_bnneck")(parts[:, p])
-                logits[f"part{p}"] = classify(part_bn, f"part{p}_classifier")
-
-        if self.num_classes > 0:
-            aux["logits"] = logits
-        return embeddings, aux
+    def _part_features(self, fmap, guide, relate, train: bool) -> tuple[dict, dict]:
+        """Confidence-weighted part features [B, P, C], confidences [B, P], part logits."""
+        joints = joint_features(fmap, guide["joint_masks"])  # [B, 17, C]
+        # The groups have equal token counts: one transformer call on [P * B, 6, C] (the
+        # same computation as one call per group, with fewer, larger operations).
+        tokens = jnp.concatenate([joints[:, list(g)] for g in JOINT_GROUPS], axis=0)
+        parts = relate(tokens).reshape(len(JOINT_GROUPS), -1, tokens.shape[-1])
+        parts = jnp.swapaxes(parts, 0, 1)  # [B, P, C]
+        confidence = ConfidenceScore(self.csm_width, name="confidence")(
+            parts, guide["group_confidence"]
+        )
+        parts = parts * confidence[..., None]
+        logits = {}
+        for p in range(len(JOINT_GROUPS)):
+            part_bn = bnneck(train, self.bn_axis_name, f"part{p}_bnneck")(parts[:, p])
+            logits[f"part{p}"] = self._classify(part_bn, f"part{p}_classifier")
+        return {"parts": parts, "confidence": confidence}, logits

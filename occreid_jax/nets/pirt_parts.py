@@ -1,8 +1,9 @@
 """Pirt's building blocks: pose-guided masks, the intra-part relational module, the transformer.
 
-Sources: papers/pirt-paper.md (Sect. 3.2-3.4) and reference/pirt-official.md (what the
-released code does; followed where the paper is vague). Shapes are for a 384 x 128 input and a
-ResNet-50 with last stride 1: feature map F [B, 24, 8, 2048], heatmaps [B, 96, 32, 17].
+Sources: the paper (Ma et al., ACM MM 2021, Sect. 3.2-3.4) and the authors' released code,
+followed where the paper is vague (docs/pirt-released-code.md). Shapes are for a 384 x 128
+input and a ResNet-50 with last stride 1: feature map F [B, 24, 8, 2048], heatmaps
+[B, 96, 32, 17].
 
     heatmaps --max pool to the feature grid--> M [B, h, w, 17]
       joint_masks   M > tau                                    [B, h, w, 17]  (0/1)

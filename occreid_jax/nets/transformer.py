@@ -60,6 +60,19 @@ class FeedForward(nn.Module):
         return nn.Dense(self.d_model, dtype=self.dtype, kernel_init=xavier, name="linear2")(y)
 
 
+def attention(num_heads: int, dropout: float, dtype: Any, train: bool, name: str) -> nn.Module:
+    """DETR's multi-head attention (Xavier kernels, attention dropout), built inside a parent
+    module's compact method."""
+    return nn.MultiHeadDotProductAttention(
+        num_heads,
+        dtype=dtype,
+        dropout_rate=dropout,
+        deterministic=not train,
+        kernel_init=xavier,
+        name=name,
+    )
+
+
 class EncoderLayer(nn.Module):
     """x = LN(x + SelfAttn(x)); x = LN(x + FFN(x)). Shapes [B, N, d_model] -> same."""
 
@@ -72,14 +85,7 @@ class EncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         drop = nn.Dropout(self.dropout, deterministic=not train)
-        attn = nn.MultiHeadDotProductAttention(
-            self.num_heads,
-            dtype=self.dtype,
-            dropout_rate=self.dropout,
-            deterministic=not train,
-            kernel_init=xavier,
-            name="self_attn",
-        )(x, x)
+        attn = attention(self.num_heads, self.dropout, self.dtype, train, "self_attn")(x, x)
         x = nn.LayerNorm(dtype=self.dtype, name="norm1")(x + drop(attn))
         y = FeedForward(self.d_model, self.ffn_dim, self.dropout, self.dtype, name="ffn")(x, train)
         return nn.LayerNorm(dtype=self.dtype, name="norm2")(x + drop(y))
@@ -101,18 +107,11 @@ class DecoderLayer(nn.Module):
     def __call__(self, q: jax.Array, memory: jax.Array, train: bool) -> jax.Array:
         drop = nn.Dropout(self.dropout, deterministic=not train)
 
-        def attention(name):
-            return nn.MultiHeadDotProductAttention(
-                self.num_heads,
-                dtype=self.dtype,
-                dropout_rate=self.dropout,
-                deterministic=not train,
-                kernel_init=xavier,
-                name=name,
-            )
+        def attend(name, keys):
+            return attention(self.num_heads, self.dropout, self.dtype, train, name)(q, keys)
 
-        q = nn.LayerNorm(dtype=self.dtype, name="norm1")(q + drop(attention("self_attn")(q, q)))
-        cross = attention("cross_attn")(q, memory)
+        q = nn.LayerNorm(dtype=self.dtype, name="norm1")(q + drop(attend("self_attn", q)))
+        cross = attend("cross_attn", memory)
         q = nn.LayerNorm(dtype=self.dtype, name="norm2")(q + drop(cross))
         y = FeedForward(self.d_model, self.ffn_dim, self.dropout, self.dtype, name="ffn")(q, train)
         return nn.LayerNorm(dtype=self.dtype, name="norm3")(q + drop(y))

@@ -2,8 +2,9 @@
 
 `extract_features` runs the model over a split (its heatmaps too, for pose-guided models; with
 several processes each embeds its shard and all get every feature); `evaluate_splits` ranks every
-(query, gallery) pair of the evaluated dataset by the model's matching rule (`match_and_rank`).
-Used by every mode of `experiment.py`.
+(query, gallery) pair of the evaluated dataset by the model family's `MatchingRule`
+(`match_and_rank`), plus the rows with query expansion and re-ranking that `config.eval` asks
+for. Used by every mode of `experiment.py` and by the training loop.
 """
 
 from __future__ import annotations
@@ -12,10 +13,21 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from occreid_jax import distributed, evaluation, matching
+from occreid_jax import distributed
 from occreid_jax.data import datasets, pipeline
 from occreid_jax.data.augment import COCO_FLIP_PERMUTATION
 from occreid_jax.errors import UserError
+from occreid_jax.evaluation.matching import MatchingRule
+from occreid_jax.evaluation.protocol import (
+    evaluate_distance_blocks,
+    evaluate_features,
+    evaluate_reranked,
+)
+from occreid_jax.evaluation.query_expansion import average_query_expansion
+from occreid_jax.evaluation.set_pairs import RuleSetPairs
+
+# Rows added next to each plain row: (name suffix, query expansion, re-ranking).
+VARIANTS = ((" +AQE", True, False), (" +re-rank", False, True), (" +AQE +re-rank", True, True))
 
 
 def _mirror_heatmaps(heatmaps):
@@ -65,7 +77,7 @@ def extract_features(embed_batch, split: datasets.Split, config, desc: str) -> d
     return distributed.gather_rows(features, order[valid], len(split))
 
 
-def evaluate_splits(embed_batch, model_name: str, eval_splits: dict, config) -> dict:
+def evaluate_splits(embed_batch, matching: MatchingRule, eval_splits: dict, config) -> dict:
     """Metrics for every (query, gallery) pair of the dataset, keyed by row name."""
     cache: dict[str, dict] = {}
 
@@ -79,50 +91,81 @@ def evaluate_splits(embed_batch, model_name: str, eval_splits: dict, config) -> 
     results = {}
     for row, (query, gallery) in datasets.eval_sets(eval_dataset(config)).items():
         q, g = eval_splits[query], eval_splits[gallery]
-        results[row] = summarize(
-            match_and_rank(model_name, features(query), features(gallery), q, g, config)
-        )
+        plain = (features(query), features(gallery), None)
+        rows = variants(config.eval)
+        aqe_rows = any(aqe for _, aqe, _ in rows)
+        expanded = expand_queries(matching, *plain[:2], config.eval) if aqe_rows else None
+        for suffix, aqe, rerank in [("", False, False), *rows]:
+            q_features, g_features, given = expanded if aqe else plain
+            metrics = match_and_rank(matching, q_features, g_features, q, g, config, rerank, given)
+            results[row + suffix] = summarize(metrics)
     return results
 
 
+def variants(eval_config) -> list[tuple[str, bool, bool]]:
+    """The extra rows `eval.aqe` and `eval.rerank` ask for (see `VARIANTS`)."""
+    aqe, rerank = bool(eval_config.aqe), bool(eval_config.rerank)
+    return [v for v in VARIANTS if (aqe or not v[1]) and (rerank or not v[2])]
+
+
+def expand_queries(matching: MatchingRule, q_features: dict, g_features: dict, eval_config):
+    """Average query expansion of the global features (`query_expansion.py`).
+
+    Returns:
+      (query embeddings, gallery embeddings, (query global [Q, D], gallery global [G, D])):
+      the embeddings with the expanded global feature put back for the own rule to read.
+    """
+    q_global, g_global = average_query_expansion(
+        matching.global_feature(q_features), matching.global_feature(g_features),
+        k=eval_config.aqe_k, alpha=eval_config.aqe_alpha, memory_mib=eval_config.memory_mib,
+        progress=distributed.is_main_process(),
+    )  # fmt: skip
+    return (
+        matching.with_global(q_features, q_global),
+        matching.with_global(g_features, g_global),
+        (q_global, g_global),
+    )
+
+
 def match_and_rank(
-    model_name: str,
+    matching: MatchingRule,
     q_features: dict,
     g_features: dict,
     query: datasets.Split,
     gallery: datasets.Split,
     config,
+    rerank: bool = False,
+    global_features: tuple | None = None,
 ) -> dict:
     """Metrics of one query set against one gallery, by the model's own matching rule if it
-    has one (Pirt), else by the distance of its global features."""
-    rule = matching.own_rule(model_name, q_features, config.eval)
+    has one (Pirt, MAT), else by the distance of its global features (`global_features`
+    when given, e.g. after query expansion); with k-reciprocal re-ranking if `rerank`."""
+    ev = config.eval
+    rule = matching.own_distance(q_features, ev)
     ids = (query.pids, gallery.pids, query.camids, gallery.camids)
-    if rule is not None:
-        if config.eval.rerank:
-            raise UserError(
-                f"eval.rerank is not available with {model_name}'s own matching rule; "
-                "set --config.eval.rerank=False"
-            )
-        distance_block = rule(q_features, g_features)
-        return evaluation.evaluate_distance_blocks(
-            distance_block,
-            *ids,
-            max_rank=config.eval.max_rank,
-            chunk_size=config.eval.query_chunk,
-            memory_mib=config.eval.memory_mib,
-            progress=distributed.is_main_process(),
+    common = {
+        "max_rank": ev.max_rank,
+        "chunk_size": ev.query_chunk,
+        "memory_mib": ev.memory_mib,
+        "progress": distributed.is_main_process(),
+    }
+    if rerank:
+        common.update(k1=ev.rerank_k1, k2=ev.rerank_k2, lambda_value=ev.rerank_lambda)
+    if rule is None:
+        q_global, g_global = global_features or (
+            matching.global_feature(q_features),
+            matching.global_feature(g_features),
         )
-    return evaluation.evaluate_features(
-        matching.global_features(model_name, q_features),
-        matching.global_features(model_name, g_features),
-        *ids,
-        metric=config.eval.metric,
-        max_rank=config.eval.max_rank,
-        chunk_size=config.eval.query_chunk,
-        rerank=config.eval.rerank,
-        memory_mib=config.eval.memory_mib,
-        progress=distributed.is_main_process(),
-    )
+        return evaluate_features(
+            q_global, g_global, *ids, metric=ev.metric, rerank=rerank, **common
+        )
+    if not rerank:
+        return evaluate_distance_blocks(rule(q_features, g_features), *ids, **common)
+    try:
+        pairs = RuleSetPairs(rule, q_features, g_features)
+    except ValueError as error:  # e.g. a setting that needs more candidates than probes
+        raise UserError(f"re-ranking by the model's own rule: {error}") from None
+    return evaluate_reranked(pairs, *ids, **common)
 
 
 def eval_dataset(config) -> str:
