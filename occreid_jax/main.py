@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 # TensorFlow only runs tf.data here. Its oneDNN kernels print a notice at import and make
 # float results depend on the CPU; neither is wanted for image decoding and augmentation.
@@ -31,6 +32,7 @@ from ml_collections import config_flags
 
 from occreid_jax.errors import UserError
 
+_PYTHON_SHOW_WARNING = warnings.showwarning
 MODES = ("train", "eval", "export", "extract", "heatmaps", "visualize")
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -53,8 +55,17 @@ _DISTRIBUTED = flags.DEFINE_bool(
 )
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The project's own warnings as one line each (`warning: ...`); others as Python shows."""
+    if category.__module__.startswith("occreid_jax"):
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+    else:
+        _PYTHON_SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
 def _run(argv) -> None:
     del argv
+    warnings.showwarning = _show_warning
     # orbax and tfds log every checkpoint and file at INFO; keep the terminal for progress.
     logging.set_verbosity(logging.WARNING)
     try:
