@@ -3,7 +3,8 @@
 It resumes from the workdir's latest checkpoint, logs metrics every `train.log_every_steps`
 (metrics.jsonl, TensorBoard), saves every `train.checkpoint_every_steps` and at evaluation
 steps, evaluates every `train.eval_every_epochs` and at the end, and keeps results.json (the
-latest evaluation and its history). Ctrl-C saves a checkpoint before it exits.
+latest evaluation and its history). Ctrl-C saves a checkpoint before it exits; a diverging
+loss stops the run before anything is saved (`divergence.py`).
 """
 
 from __future__ import annotations
