@@ -306,3 +306,13 @@ def test_a_bundle_with_nan_weights_evaluates_to_one_line(trained, bundle_dir, tm
         "--mode=eval", f"--export={path}",
     )  # fmt: skip
     assert_one_line_error(code, stderr, "features of 15 of 15 query images are NaN or inf")
+
+
+def test_the_projects_warnings_print_as_one_line(capsys):
+    """A collapsed model's evaluation warns in one line on the command line."""
+    from occreid_jax.evaluation.ranking import TiedDistancesWarning
+
+    main._show_warning(TiedDistancesWarning("15 of 15 queries tie"), TiedDistancesWarning, "f", 1)
+    assert capsys.readouterr().err == "warning: 15 of 15 queries tie\n"
+    main._show_warning(UserWarning("other"), UserWarning, "f.py", 3)
+    assert "f.py:3: UserWarning: other" in capsys.readouterr().err
