@@ -5,7 +5,9 @@ must be finite and at most `DIVERGENCE_FACTOR` times the run's starting loss (it
 loss, kept across resumes in metrics.jsonl). Not in the papers: a healthy Re-ID loss falls from
 its start (cross-entropy about log(identities), plus the triplet terms); a learning rate far
 too high sends it to 1e13 or NaN within a few steps, and a loss 100 times its start is no
-longer a run worth saving.
+longer a run worth saving. The loss a step reports is that of the weights before its update,
+so the check lags one step: an update that explodes at a saving step itself is seen only at
+the next check.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 from tqdm import tqdm
 
 from occreid_jax import distributed, flow_probe, optim, pose
@@ -228,6 +229,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if main_process:
                     tqdm.write(f"epoch {step // steps_per_epoch}: " + _short(results))
     except KeyboardInterrupt:
+        if step > start_step:  # the Ctrl-C save is checked like any other save
+            loss = float(np.asarray(jax.device_get(metrics["loss"])).reshape(-1)[0])
+            guard.check(step, loss, float(schedule(step - 1)), checkpointer.latest_step())
         _save_on_interrupt(run, checkpointer, step, state)
     finally:
         bar.close()

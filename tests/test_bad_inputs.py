@@ -316,3 +316,20 @@ def test_the_projects_warnings_print_as_one_line(capsys):
     assert capsys.readouterr().err == "warning: 15 of 15 queries tie\n"
     main._show_warning(UserWarning("other"), UserWarning, "f.py", 3)
     assert "f.py:3: UserWarning: other" in capsys.readouterr().err
+
+
+def test_the_divergence_guard_by_hand():
+    from occreid_jax.divergence import DivergenceGuard
+    from occreid_jax.errors import UserError
+
+    guard = DivergenceGuard()
+    guard.check(1, 2.0, 0.1, None)  # the first loss becomes the start
+    guard.check(2, 200.0, 0.1, None)  # exactly 100x: still allowed
+    with pytest.raises(
+        UserError, match=r"step 3: loss 200.1 \(over 100x the start 2\) at learning"
+    ):
+        guard.check(3, 200.1, 0.1, 2)
+    with pytest.raises(UserError, match=r"loss nan \(not finite\).*checkpoint \(step 2\) stays"):
+        guard.check(4, float("nan"), 0.1, 2)
+    with pytest.raises(UserError, match="loss inf .*no checkpoint was saved"):
+        DivergenceGuard(start_loss=5.0).check(1, float("inf"), 1.0, None)
