@@ -58,7 +58,9 @@ _DISTRIBUTED = flags.DEFINE_bool(
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """The project's own warnings as one line each (`warning: ...`); others as Python shows."""
     if category.__module__.startswith("occreid_jax"):
-        print(f"warning: {message}", file=sys.stderr, flush=True)
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: {message}", file=sys.stderr)  # on its own line, above any bar
     else:
         _PYTHON_SHOW_WARNING(message, category, filename, lineno, file, line)
 
