@@ -4,6 +4,7 @@
   python -m occreid_jax.main --config=configs/baseline.py:synthetic --workdir=runs/demo --mode=eval
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=eval --export=runs/demo/export
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=export [--output=DIR]
+      [--format=jax_export|savedmodel]
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=extract [--output=FILE.npz]
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=heatmaps \
       --config.pose.init=pose_hrnet_w48_256x192.pth
@@ -40,6 +41,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, 
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 _EXPORT = flags.DEFINE_string("export", "", "eval: evaluate this export bundle instead.")
 _OUTPUT = flags.DEFINE_string("output", "", "export: bundle folder; extract: .npz path.")
+_FORMAT = flags.DEFINE_enum(
+    "format",
+    "msgpack",
+    ("msgpack", "jax_export", "savedmodel"),
+    "export: also write the embedding function as jax.export StableHLO or a TF SavedModel "
+    "(loadable without occreid_jax; see occreid_jax/export_formats.py).",
+)
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", "", "Several processes: process 0's host:port, the same everywhere."
 )
@@ -92,7 +100,12 @@ def _run(argv) -> None:
 
         lines.append(f"visualize: {os.path.dirname(visualize.visualize(config, workdir)[-1])}")
     elif mode == "export":
-        lines.append(f"export: {experiment.export_bundle(config, workdir, _OUTPUT.value)}")
+        path = experiment.export_bundle(config, workdir, _OUTPUT.value)
+        if _FORMAT.value != "msgpack" and distributed.is_main_process():
+            from occreid_jax import export_formats
+
+            path = export_formats.write(path, _FORMAT.value)
+        lines.append(f"export: {path}")
     else:
         lines.append(f"features: {experiment.extract(config, workdir, _OUTPUT.value)}")
     if distributed.is_main_process():  # the other processes computed the same, silently

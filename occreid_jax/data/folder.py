@@ -3,7 +3,7 @@
 Two layouts:
 
 * identity folders: `DIR/{train,query,gallery}/<pid>/*.jpg` (jpg, png, bmp, tif, gif). Person
-  ids are the folder names: integers when every name is one, else the position of the name
+  ids are the folder names: integers when every name is one, else the position of the name in the
   sorted names of all splits. Cameras come from a Market-style `_c<N>` in the file name (camera N-1,
   0-based), else 0 in train and query and 1 in gallery, so that the protocol keeps every
   same-id gallery image (a same-camera match would be junk). `train/` may be absent (a test-only
