@@ -82,7 +82,7 @@ def pose_function(pose: str, pose_net: str = "hrnet_w48"):
     )
 
 
-def _embedder(bundle, pose_fn):
+def bundle_embedder(bundle, pose_fn):
     """(images [D, b, H, W, 3] normalised, heatmaps or None) -> dict of [D, b, ...]."""
     import jax
 
@@ -140,7 +140,9 @@ def embed_files(
         }
     )  # fmt: skip
     split = image_files.split_of(encoded, kept)
-    features = extract_features(_embedder(bundle, pose_fn), split, config, desc=f"embed {what}")
+    features = extract_features(
+        bundle_embedder(bundle, pose_fn), split, config, desc=f"embed {what}"
+    )
     return EmbeddedImages(features, kept, skipped, encoded)
 
 

@@ -9,6 +9,7 @@
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=heatmaps \
       --config.pose.init=pose_hrnet_w48_256x192.pth
   python -m occreid_jax.main --config=configs/mat.py:synthetic --workdir=runs/mat --mode=visualize
+  python -m occreid_jax.main --config=... --workdir=runs/demo --mode=visrank [--export=DIR]
 
 Any config field can be overridden: --config.train.epochs=2 --config.data.batch_size=32.
 
@@ -32,14 +33,16 @@ from ml_collections import config_flags
 
 from occreid_jax.errors import UserError
 
-MODES = ("train", "eval", "export", "extract", "heatmaps", "visualize")
+MODES = ("train", "eval", "export", "extract", "heatmaps", "visualize", "visrank")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and variant, e.g. configs/baseline.py:synthetic.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, results.json.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
-_EXPORT = flags.DEFINE_string("export", "", "eval: evaluate this export bundle instead.")
+_EXPORT = flags.DEFINE_string(
+    "export", "", "eval, visrank: evaluate this export bundle instead of the checkpoint."
+)
 _OUTPUT = flags.DEFINE_string("output", "", "export: bundle folder; extract: .npz path.")
 _FORMAT = flags.DEFINE_enum(
     "format",
@@ -99,6 +102,10 @@ def _run(argv) -> None:
         from occreid_jax import visualize
 
         lines.append(f"visualize: {os.path.dirname(visualize.visualize(config, workdir)[-1])}")
+    elif mode == "visrank":
+        from occreid_jax import visrank
+
+        lines.extend(f"visrank: {page}" for page in visrank.visrank(config, workdir, _EXPORT.value))
     elif mode == "export":
         path = experiment.export_bundle(config, workdir, _OUTPUT.value)
         if _FORMAT.value != "msgpack" and distributed.is_main_process():
