@@ -36,7 +36,11 @@ from occreid_jax.errors import UserError
 MODES = ("train", "eval", "export", "extract", "heatmaps", "visualize", "visrank")
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file and variant, e.g. configs/baseline.py:synthetic.", lock_config=True
+    "config",
+    None,
+    "Config file and variant, e.g. configs/baseline.py:synthetic, or a shipped config by name: "
+    "baseline:synthetic, mat:occluded_duke, pirt:synthetic,size=tiny.",
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, results.json.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
@@ -125,7 +129,15 @@ def _fail(message: str) -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, with a bad --config (file, variant, override) reported in one line."""
+    """absl flag parsing, with a bad --config (file, variant, override) reported in one line.
+
+    `--config=mat:synthetic` names a shipped config (`config_files.resolve_config_arg`)."""
+    from occreid_jax.config_files import resolve_config_arg
+
+    argv = [
+        f"--config={resolve_config_arg(a[len('--config=') :])}" if a.startswith("--config=") else a
+        for a in argv
+    ]
     try:
         return flags.FLAGS(argv)
     except Exception as error:  # config_flags wraps the config file's own exceptions
