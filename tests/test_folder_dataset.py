@@ -128,3 +128,15 @@ def test_register_dataset_is_one_call(tmp_path, monkeypatch):
     assert datasets.eval_sets("my_cameras") == {"mine": ("query", "gallery")}
     with pytest.raises(ValueError, match="built-in"):
         datasets.register_dataset("market1501", prepare)
+
+
+def test_a_run_evaluates_on_a_folder_by_test_name(tiny_config, tmp_path):
+    from occreid_jax.run import Run
+
+    config = tiny_config("baseline")
+    config.data.test_name = "folder"
+    config.data.test_manual_dir = str(_identity_folders(tmp_path / "mine"))
+    assert datasets.eval_sets(config.data.test_name) == {"folder": ("query", "gallery")}
+    splits = Run(config, str(tmp_path / "run")).eval_splits
+    assert sorted(splits) == ["gallery", "query"]
+    assert list(splits["gallery"].pids) == [3, 7]
