@@ -25,12 +25,13 @@ import re
 import ml_collections
 import numpy as np
 
-from occreid_jax import export, families, rank_pictures
+from occreid_jax import rank_pictures
 from occreid_jax.data import datasets
 from occreid_jax.data.image_files import decode_rgb
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation.features import eval_dataset, extract_features, match_and_rank
-from occreid_jax.gallery_search import bundle_embedder, top_k
+from occreid_jax.experiment import load_export
+from occreid_jax.gallery_search import top_k
 from occreid_jax.run import Run
 
 SORTS = ("worst_ap", "best_ap", "index")
@@ -75,24 +76,14 @@ def _scores(features: dict, index: int) -> str:
 
 
 def _embedding(config, workdir: str, export_path: str):
-    """(embed_batch, matching rule, matching settings, run) from a checkpoint or a bundle."""
+    """(embed_batch, matching rule, config with the matching settings, run): a checkpoint's
+    or a bundle's (`experiment.load_export`)."""
     run = Run(config, workdir)
     if export_path:
-        bundle = export.load(export_path)
-        if tuple(bundle.image_size) != tuple(config.data.image_size):
-            raise UserError(
-                f"the export takes {tuple(bundle.image_size)} images but data.image_size is "
-                f"{tuple(config.data.image_size)}; pass --config.data.image_size to match"
-            )
-        return (
-            bundle_embedder(bundle, run.online_pose_fn),
-            families.get(bundle.model_name).matching,
-            dict(bundle.matching),
-            run,
-        )
+        return (*load_export(config, run, export_path), run)
     model, _, state = run.restored_state()
-    matching = run.family.matching
-    return run.embedder(model, state), matching, matching.stored_settings(config.eval), run
+    config = ml_collections.ConfigDict(config.to_dict())
+    return run.embedder(model, state), run.family.matching, config, run
 
 
 def visrank(config: ml_collections.ConfigDict, workdir: str, export_path: str = "") -> list[str]:
@@ -100,10 +91,8 @@ def visrank(config: ml_collections.ConfigDict, workdir: str, export_path: str = 
     vis = config.vis
     if vis.top_k < 1 or vis.num_queries < 1:
         raise UserError("vis.top_k and vis.num_queries must be at least 1")
-    embed, matching, settings, run = _embedding(config, workdir, export_path)
-    config = ml_collections.ConfigDict(config.to_dict())
-    for key, value in settings.items():  # evaluated with the stored settings (as --mode=eval)
-        config.eval[key] = value
+    embed, matching, config, run = _embedding(config, workdir, export_path)
+    settings = matching.stored_settings(config.eval)
     size = tuple(config.data.image_size)
     pages, cache = [], {}
     for row, (q_name, g_name) in datasets.eval_sets(eval_dataset(config)).items():
