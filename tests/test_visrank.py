@@ -48,3 +48,11 @@ def test_visrank_of_an_export_on_the_tiny_benchmark(tiny_config, tiny_bundle_dir
     query_border = tuple(int(v) for v in strip[1, 1])
     assert query_border == rank_pictures.QUERY
     assert first_match in (rank_pictures.GREEN, rank_pictures.RED, rank_pictures.GREY)
+
+
+def test_part_scores_are_printed_for_pirt_and_mat():
+    pirt = {"confidence": np.array([[0.5, 0.3, 0.2]])}
+    mat = {"visibility": np.array([[1.0, 0.05]])}
+    assert visrank._scores(pirt, 0) == "conf .50 .30 .20"
+    assert visrank._scores(mat, 0) == "visi 1.00 .05"
+    assert visrank._scores({"global": np.zeros((1, 4))}, 0) == ""
