@@ -111,6 +111,9 @@ def visrank(config: ml_collections.ConfigDict, workdir: str, export_path: str = 
         )
         out_dir = os.path.join(run.workdir, "visrank", re.sub(r"[^A-Za-z0-9_.-]+", "_", row))
         os.makedirs(out_dir, exist_ok=True)
+        for stale in os.listdir(out_dir):  # pictures of an earlier run with other settings
+            if re.fullmatch(r"\d{5}_.*\.png", stale):
+                os.remove(os.path.join(out_dir, stale))
         entries = []
         for n, (qi, row_idx, dists) in enumerate(zip(chosen, indices, distances, strict=True)):
             captions = [
