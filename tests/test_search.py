@@ -138,3 +138,51 @@ def test_unreadable_files_are_skipped_with_a_warning(tmp_path):
     with pytest.warns(image_files.UnreadableImageWarning, match="b.jpg"):
         encoded, kept, skipped = image_files.read_encoded([str(good), str(bad)])
     assert kept == [str(good)] and skipped == [str(bad)] and len(encoded) == 1
+
+
+@pytest.mark.slow
+def test_a_pose_guided_bundle_embeds_files_with_heatmaps_from_the_pose_net(
+    tiny_config, tmp_path, monkeypatch
+):
+    """--pose wiring: the pose net sees the normalised batch, Pirt gets its heatmaps (a stand-in
+    pose net here: a real HRNet checkpoint is not part of the tests)."""
+    import jax
+
+    from occreid_jax.data import IMAGENET_MEAN, IMAGENET_STD
+
+    def fake_pose(images):  # [D, b, H, W, 3] -> [D, b, H/4, W/4, 17], a function of the pixels
+        lead = images.shape[:2]
+        x = np.asarray(images).reshape(-1, 16, 4, 8, 4, 3).mean(axis=(2, 4, 5))
+        x = 1 / (1 + np.exp(-x))
+        return (x[..., None] * np.linspace(0.2, 1.0, 17)).reshape(*lead, 16, 8, 17)
+
+    monkeypatch.setattr(gallery_search, "pose_function", lambda pose, pose_net: fake_pose)
+    config = tiny_config("pirt")
+    kwargs = families.model_kwargs(config, num_classes=4)
+    model = families.build_model("pirt", **kwargs)
+    rng = np.random.default_rng(5)
+    heatmaps = rng.uniform(0, 1, (1, 16, 8, 17)).astype(np.float32)
+    variables = model.init(
+        jax.random.PRNGKey(0), np.zeros((1, 64, 32, 3), np.float32), train=False,
+        heatmaps=heatmaps,
+    )  # fmt: skip
+    folder = export.write(
+        str(tmp_path / "pirt"), model_name="pirt", model_kwargs=kwargs, variables=variables,
+        image_size=(64, 32), matching={"metric": "cosine", "flip": False, "top_n": 100},
+    )  # fmt: skip
+    bundle = export.load(folder)
+    paths = [str(tmp_path / "images" / f"{i}.png") for i in range(3)]  # lossless: same pixels
+    os.makedirs(tmp_path / "images")
+    for path in paths:
+        cv2.imwrite(path, rng.integers(0, 256, size=(64, 32, 3), dtype=np.uint8))
+    embedded = bundle.embed_files(str(tmp_path / "images"), pose="hrnet.pth", pose_net="hrnet_w32")
+
+    pixels = np.stack([cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB) for p in sorted(paths)])
+    pixels = pixels.astype(np.float32)
+    normalized = (pixels - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    maps = fake_pose(normalized[None].astype(np.float32))[0].astype(np.float32)
+    want = jax.device_get(bundle.embed(pixels, maps))
+    assert embedded.paths == sorted(paths)
+    assert {"parts", "confidence"} <= set(want) and set(embedded.features) == set(want)
+    for key in want:
+        np.testing.assert_allclose(embedded.features[key], want[key], atol=2e-4)
