@@ -91,9 +91,10 @@ def write_results(out_dir: str, result, image_size: tuple[int, int], matching) -
     return rank_pictures.write_index(out_dir, "occreid_jax search", entries, note)
 
 
-def _short(path: str, width: int = 16) -> str:
-    name = os.path.basename(path)
-    return name if len(name) <= width else name[: width - 2] + ".."
+def _short(path: str, width: int = 10) -> str:
+    """The file name without extension, its end kept when too long for a caption."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return stem if len(stem) <= width else ".." + stem[2 - width :]
 
 
 def main(argv: list[str] | None = None) -> int:
