@@ -27,17 +27,11 @@ import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from occreid_jax.errors import UserError  # noqa: E402
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of usage + message
-        print(f"error: {message}; see --help", file=sys.stderr)
-        sys.exit(2)
+from occreid_jax.errors import OneLineArgumentParser, UserError  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineArgumentParser(
         prog="python -m occreid_jax.search",
         description="Rank a gallery of image files for each query image with an export bundle.",
     )

@@ -120,6 +120,10 @@ def test_search_errors_are_one_line(tiny_bundle_dir, tmp_path, capsys):
     assert err.startswith("error: no query images") and err.count("\n") == 1
     assert search.main([f"--query={tmp_path / 'missing'}", *args]) == 2
     assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        search.main(args)  # no --query
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "--query" in err
 
 
 def test_a_pose_guided_bundle_without_pose_names_the_flag(tmp_path):
