@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from occreid_jax import families
+from occreid_jax.bundle_pose import needs_heatmaps
 from occreid_jax.data import image_files
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation import blocks
@@ -61,20 +62,15 @@ class SearchResult:
     distances: np.ndarray
 
 
-def needs_heatmaps(model_name: str, model_kwargs: Mapping) -> bool:
-    """Whether the model reads keypoint heatmaps at test time (Pirt's pose branch, MAT's
-    `keypoints="heatmaps"` variant)."""
-    if model_name == "pirt":
-        return bool(model_kwargs.get("use_pose", True))
-    return model_kwargs.get("keypoints") == "heatmaps"
-
-
 def pose_function(pose: str, pose_net: str = "hrnet_w48"):
     """Normalised images [D, b, H, W, 3] -> heatmaps [D, b, H/4, W/4, 17] from a COCO HRNet
-    checkpoint (a .pth file, converted on the fly, or a folder from occreid_jax.convert)."""
-    from occreid_jax import convert
+    checkpoint (a .pth file, converted on the fly, or a folder from occreid_jax.convert) or a
+    bundle's own pose folder (`bundle_pose.py`, which names its net)."""
+    from occreid_jax import bundle_pose, convert
     from occreid_jax import pose as pose_lib
 
+    if bundle_pose.is_pose_folder(pose):
+        return pose_lib.parallel_pose_fn(*bundle_pose.load(pose))
     if pose_net not in pose_lib.POSE_NETS:
         raise UserError(f"unknown pose net {pose_net!r}; use one of {pose_lib.POSE_NETS}")
     return pose_lib.parallel_pose_fn(
@@ -112,7 +108,8 @@ def embed_files(
     Args:
       bundle: an `export.Bundle`.
       paths: a folder, an image file, or a list of them (jpg, png, bmp, tif; any size).
-      pose: a COCO HRNet checkpoint, for models that read heatmaps (Pirt).
+      pose: a COCO HRNet checkpoint or a bundle's pose folder, for models that read heatmaps
+        (Pirt).
       pose_net: that checkpoint's architecture, hrnet_w48 or hrnet_w32.
       batch_size: images per step (rounded up to a multiple of the device count).
       what: how messages call these images.
@@ -124,7 +121,8 @@ def embed_files(
     if needs_heatmaps(bundle.model_name, bundle.model_kwargs) and not pose:
         raise UserError(
             f"this {bundle.model_name} bundle reads keypoint heatmaps; pass --pose=HRNET.pth "
-            "(the COCO pose_hrnet_w48_256x192.pth, or --pose-net=hrnet_w32 with its checkpoint)"
+            "(the COCO pose_hrnet_w48_256x192.pth, or --pose-net=hrnet_w32 with its checkpoint), "
+            "or export with --config.pose.init=HRNET.pth to store the pose net in the bundle"
         )
     pose_fn = pose_function(pose, pose_net) if pose else None
     listed = image_files.list_images(paths, what)

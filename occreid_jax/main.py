@@ -112,6 +112,10 @@ def _run(argv) -> None:
         lines.extend(f"visrank: {page}" for page in visrank.visrank(config, workdir, _EXPORT.value))
     elif mode == "export":
         path = experiment.export_bundle(config, workdir, _OUTPUT.value)
+        if config.pose.init and distributed.is_main_process():  # Pirt: store its pose net too
+            from occreid_jax import bundle_pose
+
+            bundle_pose.write_from_config(path, config)
         if _FORMAT.value != "msgpack" and distributed.is_main_process():
             from occreid_jax import export_formats
 

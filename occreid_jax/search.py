@@ -5,7 +5,8 @@
 
 PATH (for --query and --gallery) is a folder, searched recursively, or image files (jpg, png,
 bmp, tif; any size: resized as the bundle's evaluation resizes). Pose-guided bundles (Pirt) need
---pose=pose_hrnet_w48_256x192.pth (a COCO HRNet checkpoint, converted on the fly). Writes
+--pose=pose_hrnet_w48_256x192.pth (a COCO HRNet checkpoint, converted on the fly) unless they
+were exported with their pose net (`bundle_pose.py`). Writes
 
     OUT/ranks.csv      query,rank,gallery,distance (rank 1 = nearest)
     OUT/features.npz   query_paths, gallery_paths, query_features / gallery_features (the global
@@ -94,20 +95,21 @@ def _short(path: str, width: int = 10) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Runs the command; returns the exit status (0, or 2 for bad input)."""
     args = _parser().parse_args(argv)
-    from occreid_jax import export, families
+    from occreid_jax import bundle_pose, export, families
     from occreid_jax.data.image_files import UnreadableImageWarning
 
     try:
         if args.top_k < 1:
             raise UserError(f"--top-k must be at least 1, got {args.top_k}")
         bundle = export.load(args.bundle)
+        pose = args.pose or bundle_pose.find(args.bundle)  # a pose net stored in the bundle
         with warnings.catch_warnings():
             warnings.simplefilter("always", UnreadableImageWarning)
             warnings.showwarning = lambda message, *a, **k: print(
                 f"warning: {message}", file=sys.stderr
             )
             result = bundle.search(
-                args.query, args.gallery, args.top_k, pose=args.pose, pose_net=args.pose_net,
+                args.query, args.gallery, args.top_k, pose=pose, pose_net=args.pose_net,
                 batch_size=args.batch_size, memory_mib=args.memory_mib,
             )  # fmt: skip
         matching = families.get(bundle.model_name).matching

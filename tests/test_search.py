@@ -145,22 +145,24 @@ def test_unreadable_files_are_skipped_with_a_warning(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_pose_guided_bundle_embeds_files_with_heatmaps_from_the_pose_net(
-    tiny_config, tmp_path, monkeypatch
+def test_a_pirt_bundle_with_its_pose_net_searches_without_pose_flag(
+    tiny_config, tmp_path, monkeypatch, capsys
 ):
-    """--pose wiring: the pose net sees the normalised batch, Pirt gets its heatmaps (a stand-in
-    pose net here: a real HRNet checkpoint is not part of the tests)."""
+    """The pose net stored in the bundle (bundle_pose.py) sees the normalised images and Pirt
+    gets its heatmaps. A one-layer stand-in takes HRNet's place: no HRNet checkpoint in tests."""
+    import flax.linen as nn
     import jax
 
+    from occreid_jax import bundle_pose, convert
     from occreid_jax.data import IMAGENET_MEAN, IMAGENET_STD
 
-    def fake_pose(images):  # [D, b, H, W, 3] -> [D, b, H/4, W/4, 17], a function of the pixels
-        lead = images.shape[:2]
-        x = np.asarray(images).reshape(-1, 16, 4, 8, 4, 3).mean(axis=(2, 4, 5))
-        x = 1 / (1 + np.exp(-x))
-        return (x[..., None] * np.linspace(0.2, 1.0, 17)).reshape(*lead, 16, 8, 17)
+    class StandInPose(nn.Module):  # [B, H, W, 3] -> [B, H/4, W/4, 17] in (0, 1)
+        @nn.compact
+        def __call__(self, x, train):
+            return nn.sigmoid(nn.Conv(17, (4, 4), strides=(4, 4), name="head")(x))
 
-    monkeypatch.setattr(gallery_search, "pose_function", lambda pose, pose_net: fake_pose)
+    monkeypatch.setitem(convert.ARCHS, "hrnet_w32", StandInPose)
+    pose_variables = StandInPose().init(jax.random.PRNGKey(1), np.zeros((1, 64, 32, 3)), False)
     config = tiny_config("pirt")
     kwargs = families.model_kwargs(config, num_classes=4)
     model = families.build_model("pirt", **kwargs)
@@ -174,19 +176,46 @@ def test_a_pose_guided_bundle_embeds_files_with_heatmaps_from_the_pose_net(
         str(tmp_path / "pirt"), model_name="pirt", model_kwargs=kwargs, variables=variables,
         image_size=(64, 32), matching={"metric": "cosine", "flip": False, "top_n": 100},
     )  # fmt: skip
-    bundle = export.load(folder)
+    bundle_pose.write(folder, "hrnet_w32", pose_variables)
     paths = [str(tmp_path / "images" / f"{i}.png") for i in range(3)]  # lossless: same pixels
     os.makedirs(tmp_path / "images")
     for path in paths:
         cv2.imwrite(path, rng.integers(0, 256, size=(64, 32, 3), dtype=np.uint8))
-    embedded = bundle.embed_files(str(tmp_path / "images"), pose="hrnet.pth", pose_net="hrnet_w32")
+    images = str(tmp_path / "images")
+    out = str(tmp_path / "out")
+    args = [f"--bundle={folder}", f"--query={images}", f"--gallery={images}", f"--out={out}"]
+    assert search.main(args) == 0, capsys.readouterr().err
 
-    pixels = np.stack([cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB) for p in sorted(paths)])
+    bundle = export.load(folder)
+    pixels = np.stack([cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB) for p in paths])
     pixels = pixels.astype(np.float32)
-    normalized = (pixels - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
-    maps = fake_pose(normalized[None].astype(np.float32))[0].astype(np.float32)
+    normalized = ((pixels - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).astype(np.float32)
+    maps = StandInPose().apply(pose_variables, normalized, False)
     want = jax.device_get(bundle.embed(pixels, maps))
-    assert embedded.paths == sorted(paths)
-    assert {"parts", "confidence"} <= set(want) and set(embedded.features) == set(want)
+    got = np.load(os.path.join(out, "features.npz"))
+    assert {"parts", "confidence"} <= set(want)
     for key in want:
-        np.testing.assert_allclose(embedded.features[key], want[key], atol=2e-4)
+        np.testing.assert_allclose(got[f"query_{key}"], want[key], atol=2e-4)
+    with open(os.path.join(out, "ranks.csv")) as f:
+        first = [row for row in csv.reader(f)][1]
+    assert first[2] == first[0]  # each image finds itself first
+
+
+def test_export_stores_the_pose_net_only_for_models_that_read_heatmaps(
+    tiny_bundle_dir, tiny_config, tmp_path, monkeypatch
+):
+    from occreid_jax import bundle_pose, convert, pose
+
+    stored = {"params": {"w": np.arange(3.0)}}
+    monkeypatch.setattr(pose, "load_pose_net", lambda config: (None, stored))
+    config = tiny_config("pirt")
+    config.pose.net = "hrnet_w32"
+    assert bundle_pose.write_from_config(tiny_bundle_dir, config) == ""  # the baseline
+    pirt = tmp_path / "pirt"
+    pirt.mkdir()
+    (pirt / "model.json").write_text('{"model": "pirt", "model_kwargs": {"use_pose": true}}')
+    folder = bundle_pose.write_from_config(str(pirt), config)
+    assert bundle_pose.find(str(pirt)) == folder
+    module, variables = bundle_pose.load(folder)
+    assert module == convert.build("hrnet_w32")  # the net named in pose.json
+    np.testing.assert_array_equal(variables["params"]["w"], stored["params"]["w"])
