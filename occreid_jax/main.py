@@ -34,7 +34,6 @@ from ml_collections import config_flags
 
 from occreid_jax.errors import UserError
 
-_PYTHON_SHOW_WARNING = warnings.showwarning
 MODES = ("train", "eval", "export", "extract", "heatmaps", "visualize", "visrank")
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -77,7 +76,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
         tqdm.write(f"warning: {message}", file=sys.stderr)  # on its own line, above any bar
     else:
-        _PYTHON_SHOW_WARNING(message, category, filename, lineno, file, line)
+        # What Python's own showwarning prints; written here rather than by calling the
+        # showwarning seen at import, which a caller (pytest, a notebook) may have replaced.
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        (file or sys.stderr).write(text)
 
 
 def _run(argv) -> None:
