@@ -199,6 +199,12 @@ def _save_on_interrupt(run: Run, checkpointer, step: int, state) -> None:
             f"interrupted at step {step}; rerun the same commands to resume from the last "
             f"checkpoint in {run.workdir}/checkpoints"
         ) from None
+    if any(leaf.is_deleted() for leaf in jax.tree.leaves(state) if isinstance(leaf, jax.Array)):
+        # Ctrl-C inside the step call: the state passed in was donated, its result never came.
+        raise UserError(
+            f"interrupted during step {step + 1}; rerun the same command to resume from the "
+            f"last checkpoint in {run.workdir}/checkpoints"
+        ) from None
     checkpointer.save(step, state)
     raise UserError(
         f"interrupted at step {step}; saved a checkpoint in {run.workdir}/checkpoints, "
