@@ -24,6 +24,7 @@ from occreid_jax.distributed import replicate
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation.features import evaluate_splits
 from occreid_jax.metrics_log import MetricsLog
+from occreid_jax.progress import CompletedSteps
 from occreid_jax.run import Run, init_backbone
 from occreid_jax.train import create_train_state, parallel_train_step
 
@@ -154,6 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         dynamic_ncols=True,
         disable=not main_process,
     )
+    progress = CompletedSteps(bar, config.data.batch_size)  # advances as steps complete
     window_start, window_images = time.perf_counter(), 0
     try:
         if start_step == 0 and config.train.eval_at_start:
@@ -164,24 +166,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             state, metrics = p_step(state, next(batches), pose_variables)
             step += 1
             window_images += config.data.batch_size
-            bar.update(1)
+            progress.dispatched(metrics["loss"])
             if step % config.train.log_every_steps == 0 or step == total_steps:
                 metrics = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
                 elapsed = time.perf_counter() - window_start
                 metrics["images_per_sec"] = window_images / max(elapsed, 1e-9)
                 metrics["lr"] = float(schedule(step - 1))  # the rate this step used
                 log.write("train", step, metrics)
-                bar.set_postfix(
-                    loss=f"{metrics['loss']:.3f}", img_s=f"{metrics['images_per_sec']:.0f}"
-                )
+                progress.note(loss=f"{metrics['loss']:.3f}")
                 window_start, window_images = time.perf_counter(), 0
             if step % config.train.checkpoint_every_steps == 0 or record.is_eval_step(step):
                 checkpointer.save(step, state)
             if record.is_eval_step(step):
+                progress.drain()
                 bar.clear()
                 results = record.evaluate(state, step)
                 if main_process:
                     tqdm.write(f"epoch {step // steps_per_epoch}: " + _short(results))
+        progress.drain()
     except KeyboardInterrupt:
         _save_on_interrupt(run, checkpointer, step, state)
     finally:
