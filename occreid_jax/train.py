@@ -17,9 +17,9 @@ default) or the model family's own (`families.py`; MAT: a second pass on a TPS-w
 through every pass it makes. The loop that drives the step is `train_loop.py`.
 
 The same function runs under `jax.jit(jax.shard_map(train_step, mesh, in_specs=(P(), P("batch")),
-out_specs=(P(), P()), check_vma=False), donate_argnums=0)`. Keep `check_vma=False` there: with it on, autodiff
-already sums the gradients of the replicated params over devices, and the pmean below would
-then leave a sum, not a mean (tests/test_train_step.py checks the shard_map form).
+out_specs=(P(), P()), check_vma=False), donate_argnums=0)`. Keep `check_vma=False` there: with
+it on, autodiff already sums the gradients of the replicated params over devices, and the pmean
+below would then leave a sum, not a mean (tests/test_train_step.py checks the shard_map form).
 """
 
 from __future__ import annotations
