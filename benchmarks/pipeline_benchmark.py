@@ -68,12 +68,27 @@ def synthetic_split(num_images: int, ids: int, heatmap_size: tuple[int, int] | N
     )
 
 
-def batches_for(model: str, split: Split, threads: int | None, devices: int = 1):
+AUGMENT = {"pad": 10, "flip_prob": 0.5, "erasing_prob": 0.5}
+# --ablate: the baseline input at one thread with one stage removed at a time.
+ABLATIONS = {
+    "all stages": {},
+    "no pad/crop": {"pad": 0},
+    "no flip": {"flip_prob": 0.0},
+    "no erasing": {"erasing_prob": 0.0},
+    "no augmentation (decode, resize, normalise)": {
+        "pad": 0,
+        "flip_prob": 0.0,
+        "erasing_prob": 0.0,
+    },
+}
+
+
+def batches_for(model: str, split: Split, threads: int | None, devices: int = 1, **augment):
     size, with_heatmaps = INPUTS[model]
     sampler = IdentitySampler(split.labels, 64, 4, devices, seed=0)
     return pipeline.train_batches(
-        split, sampler, start_step=0, image_size=size, num_devices=devices, pad=10,
-        flip_prob=0.5, erasing_prob=0.5, seed=0, with_heatmaps=with_heatmaps, threads=threads,
+        split, sampler, start_step=0, image_size=size, num_devices=devices, seed=0,
+        with_heatmaps=with_heatmaps, threads=threads, **{**AUGMENT, **augment},
     )  # fmt: skip
 
 
@@ -98,12 +113,41 @@ def step_rate(step, batches, count: int, warmup: int = 3) -> float:
     return count / (time.perf_counter() - start)
 
 
+def ablate(args) -> None:
+    """Where the baseline input's time goes: one thread, one stage off at a time, alternating
+    rounds (the machine's load hits every row alike); and the same at the input size (no
+    resize: crops stored at 384 x 128)."""
+    global STORED
+    results: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        splits = {"": synthetic_split(args.images, args.images // 8, None, folder)}
+        STORED = INPUTS["baseline"][0]
+        splits[", stored at 384x128 (no resize)"] = synthetic_split(
+            args.images, args.images // 8, None, folder
+        )
+        for _ in range(3):
+            for suffix, split in splits.items():
+                for name, change in ABLATIONS.items():
+                    rate = images_per_sec(batches_for("baseline", split, 1, **change), args.batches)
+                    results.setdefault(name + suffix, []).append(rate)
+    print("# baseline input, 1 thread, median of 3 alternating rounds")
+    print("| stages | img/s | ms/image |")
+    print("|---|---|---|")
+    for name, rates in results.items():
+        rate = float(np.median(rates))
+        print(f"| {name} | {rate:.0f} | {1e3 / rate:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(INPUTS), choices=list(INPUTS))
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--batches", type=int, default=20, help="timed batches of 64")
+    parser.add_argument("--ablate", action="store_true", help="only the stage ablation")
     args = parser.parse_args()
+    if args.ablate:
+        ablate(args)
+        return
     cores = os.cpu_count() or 1
     threads = sorted({1, min(2, cores), cores})
     print(f"# tf.data training input, batch 64, {args.batches} timed batches; {cores} cores")

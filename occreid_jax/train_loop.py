@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from occreid_jax import distributed, optim, pose
 from occreid_jax.data import pipeline
+from occreid_jax.data.device_prefetch import prefetch_to_devices
 from occreid_jax.data.sampler import IdentitySampler
 from occreid_jax.distributed import replicate
 from occreid_jax.errors import UserError
@@ -97,9 +98,10 @@ def _step_function(run: Run):
 
 
 def _train_batches(run: Run, split, sampler: IdentitySampler, start_step: int):
-    """The augmented training batches from `start_step` on, [D, b, ...] per step."""
+    """The augmented training batches from `start_step` on, [D, b, ...] per step, copied to
+    the devices two steps ahead (the copy overlaps the running step)."""
     config = run.config
-    return pipeline.train_batches(
+    host_batches = pipeline.train_batches(
         split,
         sampler,
         start_step=start_step,
@@ -112,6 +114,7 @@ def _train_batches(run: Run, split, sampler: IdentitySampler, start_step: int):
         with_heatmaps=config.pose.source in ("ground_truth", "precomputed"),
         shard=distributed.shard(),
     )
+    return prefetch_to_devices(host_batches, size=2)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
