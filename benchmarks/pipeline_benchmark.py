@@ -93,12 +93,21 @@ def batches_for(model: str, split: Split, threads: int | None, devices: int = 1,
 
 
 def images_per_sec(batches, count: int, warmup: int = 3) -> float:
+    """Wall-clock images/s of `count` batches of 64 after `warmup` ones."""
+    return rates(batches, count, warmup)[0]
+
+
+def rates(batches, count: int, warmup: int = 3) -> tuple[float, float]:
+    """(images per wall second, images per CPU second of this process). The second is the
+    throughput of one core, whatever else the machine runs (the wall rate is not, on a
+    shared machine)."""
     for _ in range(warmup):
         next(batches)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(count):
         next(batches)
-    return 64 * count / (time.perf_counter() - start)
+    images = 64 * count
+    return images / (time.perf_counter() - start), images / (time.process_time() - cpu_start)
 
 
 def step_rate(step, batches, count: int, warmup: int = 3) -> float:
@@ -128,14 +137,14 @@ def ablate(args) -> None:
         for _ in range(3):
             for suffix, split in splits.items():
                 for name, change in ABLATIONS.items():
-                    rate = images_per_sec(batches_for("baseline", split, 1, **change), args.batches)
-                    results.setdefault(name + suffix, []).append(rate)
+                    pair = rates(batches_for("baseline", split, 1, **change), args.batches)
+                    results.setdefault(name + suffix, []).append(pair)
     print("# baseline input, 1 thread, median of 3 alternating rounds")
-    print("| stages | img/s | ms/image |")
-    print("|---|---|---|")
-    for name, rates in results.items():
-        rate = float(np.median(rates))
-        print(f"| {name} | {rate:.0f} | {1e3 / rate:.2f} |")
+    print("| stages | img/s | img per CPU-s | CPU ms/image |")
+    print("|---|---|---|---|")
+    for name, pairs in results.items():
+        wall, cpu = np.median(np.asarray(pairs), axis=0)
+        print(f"| {name} | {wall:.0f} | {cpu:.0f} | {1e3 / cpu:.2f} |")
 
 
 def main() -> None:
@@ -151,9 +160,12 @@ def main() -> None:
     cores = os.cpu_count() or 1
     threads = sorted({1, min(2, cores), cores})
     print(f"# tf.data training input, batch 64, {args.batches} timed batches; {cores} cores")
-    print("| model | input | " + " | ".join(f"{t} thr img/s (per thread)" for t in threads) + " |")
+    print(
+        "| model | input | "
+        + " | ".join(f"{t} thr: img/s, per thread, per CPU-s" for t in threads)
+        + " |"
+    )
     print("|" + "---|" * (2 + len(threads)))
-    rates = {}
     with tempfile.TemporaryDirectory() as folder:
         for model in args.models:
             size, with_heatmaps = INPUTS[model]
@@ -161,9 +173,8 @@ def main() -> None:
             split = synthetic_split(args.images, args.images // 8, heatmap_size, folder)
             cells = []
             for count in threads:
-                rate = images_per_sec(batches_for(model, split, count), args.batches)
-                rates[model, count] = rate
-                cells.append(f"{rate:.0f} ({rate / count:.0f})")
+                wall, cpu = rates(batches_for(model, split, count), args.batches)
+                cells.append(f"{wall:.0f}, {wall / count:.0f}, {cpu:.0f}")
             print(f"| {model} | {size[0]}x{size[1]} | " + " | ".join(cells) + " |", flush=True)
 
         split = synthetic_split(args.images, args.images // 8, None, folder)
@@ -171,20 +182,26 @@ def main() -> None:
         zero_cost = jax.pmap(lambda batch: batch["images"][0, 0, 0, 0] + 0 * batch["labels"][0])
         held = [next(batches_for("baseline", split, None, devices)) for _ in range(4)]
         in_memory = (held[i % 4] for i in range(10**9))
-        rate_a = step_rate(zero_cost, in_memory, args.batches)
-        rate_b = step_rate(zero_cost, batches_for("baseline", split, None, devices), args.batches)
-        prefetched = prefetch_to_devices(batches_for("baseline", split, None, devices))
-        rate_c = step_rate(zero_cost, prefetched, args.batches)
-        pipeline_alone = images_per_sec(batches_for("baseline", split, None, devices), args.batches)
+        feeds = {
+            "(a) host batches in memory (copy + dispatch only)": lambda: in_memory,
+            "(b) the pipeline, numpy into pmap": lambda: batches_for(
+                "baseline", split, None, devices
+            ),
+            "(c) the pipeline through prefetch_to_devices (the loop)": lambda: prefetch_to_devices(
+                batches_for("baseline", split, None, devices)
+            ),
+        }
+        measured: dict[str, list[float]] = {name: [] for name in [*feeds, "the pipeline alone"]}
+        for _ in range(3):  # alternating rounds: the machine's load hits every row alike
+            for name, feed in feeds.items():
+                measured[name].append(step_rate(zero_cost, feed(), args.batches))
+            alone = batches_for("baseline", split, None, devices)
+            measured["the pipeline alone"].append(images_per_sec(alone, args.batches) / 64)
     print(f"\n# zero-cost step, baseline input, {devices} device(s), batch 64")
     print("| fed by | steps/s | ms between steps |")
     print("|---|---|---|")
-    for name, rate in (
-        ("(a) host batches in memory (copy + dispatch only)", rate_a),
-        ("(b) the pipeline, numpy into pmap (the loop today)", rate_b),
-        ("(c) the pipeline through prefetch_to_devices", rate_c),
-        ("the pipeline alone (no step)", pipeline_alone / 64),
-    ):
+    for name, values in measured.items():
+        rate = float(np.median(values))
         print(f"| {name} | {rate:.2f} | {1e3 / rate:.1f} |")
     jnp.zeros(())  # keep the backend alive until the end of the prints
 
