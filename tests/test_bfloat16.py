@@ -71,6 +71,40 @@ def _top1(model, state, batches) -> tuple[float, int]:
     return correct / total, total
 
 
+def _exp_input_dtypes(jaxpr) -> set:
+    """Dtypes of every `exp` input in a jaxpr and its sub-jaxprs (softmax's exponential)."""
+    found = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "exp":
+            found.add(eqn.invars[0].aval.dtype)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, list | tuple) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found |= _exp_input_dtypes(inner)
+    return found
+
+
+@pytest.mark.parametrize("model_name", ["pirt", "mat"])
+def test_bfloat16_models_take_every_softmax_in_float32(model_name, tiny_config):
+    config = tiny_config(model_name)
+    config.train.dtype = "bfloat16"
+    model = families.get(model_name).module(**families.model_kwargs(config, 4))
+    height, width = config.data.image_size
+    images = np.zeros((2, height, width, 3), np.float32)
+    heatmaps = np.zeros((2, height // 4, width // 4, 17), np.float32)
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), images, heatmaps=heatmaps, train=False)
+    )
+    jaxpr = jax.make_jaxpr(
+        lambda v: model.apply(
+            v, images, heatmaps=heatmaps, train=True, mutable=["batch_stats"],
+            rngs={"dropout": jax.random.key(1)},
+        )
+    )(variables).jaxpr  # fmt: skip
+    assert _exp_input_dtypes(jaxpr) == {np.dtype(np.float32)}  # attention, parts, segmentation
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "model_name",
