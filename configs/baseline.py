@@ -80,6 +80,10 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     config.data.image_size = (384, 128)  # (height, width)
     config.data.batch_size = 64  # global batch over all devices: P identities x K images
     config.data.instances_per_id = 4  # K
+    # The second image of each identity's K from the first one's camera (sampler.py), cropped
+    # and flipped like it (pipeline.py): MAT's feature consistency on same-camera pairs, a
+    # frame of the same tracklet in real datasets (not in the papers).
+    config.data.same_camera_pairs = False
     config.data.pad = 10
     config.data.flip_prob = 0.5
     config.data.erasing_prob = 0.5

@@ -67,6 +67,33 @@ ABLATIONS["diagnostics"] = {
     },
     "part diversity 1 (with L_fc)": {"loss.part_diversity_weight": 1.0},
 }
+# The paper's own reading of L_fc, before the choices that let its flow find a person:
+# every image of a group against A, independent images, f_g compared and segmented.
+_PAPER_PAIRS = {
+    "data.builder_config": "default",
+    "data.same_camera_pairs": False,
+    "loss.consistency_pairs": "all",
+    "model.segment_features": "encoder",
+    "loss.keypoint_separation_weight": 0.0,
+}
+# Not in the paper: each choice of the synthetic variant's feature consistency undone alone,
+# and the earlier readings of Eq. 8 (what the flow probe measures, trained).
+ABLATIONS["flow"] = {
+    "segmentation L_fc, as first built": {
+        **_PAPER_PAIRS,
+        "loss.consistency_target": "segmentation",
+    },
+    "encoder L_fc over B C D (the paper's Eq. 8 and 12)": {
+        **_PAPER_PAIRS,
+        "loss.consistency_target": "encoder",
+    },
+    "encoder L_fc": {"loss.consistency_target": "encoder"},
+    "independent images (default data)": {"data.builder_config": "default"},
+    "segmentation from f_g": {"model.segment_features": "encoder"},
+    "no keypoint separation": {"loss.keypoint_separation_weight": 0.0},
+    "L_fc gradient into the features": {"loss.consistency_stop_gradient": False},
+    "no feature consistency (lambda6 = 0)": {"loss.consistency_weight": 0.0},
+}
 # Not in the paper: test-time matching, evaluated on the trained full-MAT runs of Table 1.
 ABLATIONS["matching"] = {
     "global + visibility-weighted parts": {},
@@ -110,10 +137,18 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # encoder output are sqrt(d) times larger and kept the global feature collapsed (README,
     # "Where the paper is silent").
     config.model.scale_maps = True
+    # What the segment embeddings multiply: "encoder" (f_g, our reading of "the feature maps")
+    # or "backbone" (the backbone map through its own 1x1 projection; not in the paper). The
+    # encoder's tokens grow alike over positions, which leaves the segmentation no spatial
+    # signal; the projected backbone map keeps one.
+    config.model.segment_features = "backbone"
 
     config.data.image_size = (256, 128)
     config.data.batch_size = 64  # 16 identities x 4 images
     config.data.instances_per_id = 4  # also the A, B, C, D groups of L_fc
+    # Not in the paper: B from A's camera (a frame of A's tracklet in real datasets), cropped
+    # and flipped like A, for L_fc on that pair (loss.consistency_pairs="first").
+    config.data.same_camera_pairs = True
     config.data.pad = 10  # not in the paper (the usual Re-ID padding)
     config.data.flip_prob = 0.5  # not in the paper
     config.data.erasing_prob = 0.5  # not in the paper
@@ -138,6 +173,28 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # the K+1 segmentation maps apart; 0 = the paper's Eq. 9, whose L_fc and part ID losses are
     # all satisfied by one uniform map on every image. An experiment, not a fix: see the README.
     loss.part_diversity_weight = 0.0
+    # L_fc compares image features (Eq. 8): "encoder" = f_g as a softmax over channels at each
+    # position, warped by the flow A's segmentation composes; "backbone" = the outputs of
+    # the backbone stages loss.consistency_stages instead, L_fc averaged over them (1-4;
+    # stage 1 has stride 4, stage 2 stride 8; not in the paper); "segmentation" = the part
+    # maps themselves, as first built (trivially zero for uniform maps). f_g carries almost
+    # no spatial structure to align, the finer early maps do (README, flow probe).
+    loss.consistency_target = "backbone"
+    loss.consistency_stages = (1, 2)
+    # Not in the paper: no gradient from L_fc into the compared features (it then trains only
+    # the flow: segmentation, keypoints, Jacobians); without it, flattening the features
+    # also lowers the KL.
+    loss.consistency_stop_gradient = True
+    # Not in the paper: False moves each part of the flow by a translation (identity
+    # Jacobians) instead of Eq. 5's affine motion; L_eq still trains the Jacobians.
+    loss.consistency_jacobians = True
+    # "all": A against B, C and D (Eq. 12); "first": against B only, the same-camera pair of
+    # data.same_camera_pairs (not in the paper).
+    loss.consistency_pairs = "first"
+    # Not in the paper: Zhang et al. (2018)'s separation prior on the keypoints, weight and
+    # distance scale in [-1, 1] units (losses/mat.keypoint_separation_loss); 0 = off.
+    loss.keypoint_separation_weight = 1.0
+    loss.keypoint_separation_sigma = 0.2
     loss.tps_sigma_affine = 0.05  # FOMM's random warp for L_eq
     loss.tps_sigma_tps = 0.005  # FOMM
     loss.tps_points = 5  # FOMM: 5 x 5 control points
@@ -195,7 +252,9 @@ def _shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
     config.model.num_heads = 4
     config.model.ffn_dim = 256
     config.model.encoder_layers = 2
-    config.data.builder_config = "default"
+    # Each identity's train images in one camera are frames of one walk (builder config
+    # "tracklets"; the test splits are those of "default").
+    config.data.builder_config = "tracklets"
     config.data.image_size = (128, 64)
     config.data.batch_size = 32
     config.data.pad = 4

@@ -29,11 +29,20 @@ class Checkpointer:
       directory: checkpoint folder (created if missing).
       signature: JSON-able description of the model; must match to restore.
       max_to_keep: how many recent checkpoints to keep.
+      model_defaults: default values of model arguments; a checkpoint saved before the model
+        had one of them restores when this run leaves it at its default.
     """
 
-    def __init__(self, directory: str, signature: dict, max_to_keep: int = 3):
+    def __init__(
+        self,
+        directory: str,
+        signature: dict,
+        max_to_keep: int = 3,
+        model_defaults: dict | None = None,
+    ):
         self.directory = os.path.abspath(directory)
         self.signature = signature
+        self.model_defaults = model_defaults or {}
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
@@ -72,7 +81,7 @@ class Checkpointer:
         step = self.latest_step()
         if step is None:
             return state
-        saved = self.saved_signature()
+        saved = self._with_defaults(self.saved_signature())
         if saved != self.signature:
             differences = sorted(
                 k for k in set(saved) | set(self.signature) if saved.get(k) != self.signature.get(k)
@@ -95,6 +104,19 @@ class Checkpointer:
                 f"({str(error).splitlines()[0][:200]}); use a new --workdir"
             ) from error
         return flax.serialization.from_state_dict(state, restored)
+
+    def _with_defaults(self, saved: dict) -> dict:
+        """`saved` with the model arguments it predates set to their defaults."""
+        kwargs = saved.get("model_kwargs")
+        current = self.signature.get("model_kwargs")
+        if not isinstance(kwargs, dict) or not isinstance(current, dict):
+            return saved
+        missing = {
+            k: self.model_defaults[k]
+            for k in current
+            if k not in kwargs and k in self.model_defaults
+        }
+        return {**saved, "model_kwargs": {**kwargs, **missing}} if missing else saved
 
     def wait(self) -> None:
         """Blocks until asynchronous saves are on disk."""

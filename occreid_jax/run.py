@@ -7,6 +7,7 @@ is built from its family record and the workdir's checkpoints are restored.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -108,10 +109,12 @@ class Run:
         """(model, its constructor kwargs, the workdir's Checkpointer for that model)."""
         kwargs = families.model_kwargs(self.config, num_classes)
         model = self.family.module(**kwargs)
+        fields = dataclasses.fields(self.family.module)
         checkpointer = Checkpointer(
             os.path.join(self.workdir, "checkpoints"),
             signature(self.config, kwargs),
             max_to_keep=self.config.train.max_checkpoints,
+            model_defaults={f.name: f.default for f in fields if isinstance(f.default, str | int)},
         )
         return model, kwargs, checkpointer
 

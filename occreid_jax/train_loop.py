@@ -17,7 +17,7 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from occreid_jax import distributed, optim, pose
+from occreid_jax import distributed, flow_probe, optim, pose
 from occreid_jax.data import pipeline
 from occreid_jax.data.device_prefetch import prefetch_to_devices
 from occreid_jax.data.sampler import IdentitySampler
@@ -45,6 +45,7 @@ class _Record:
         self.main_process = distributed.is_main_process()
         saved = distributed.broadcast_json(_read_json(self.path) if self.main_process else None)
         self.data = saved or {"history": []}
+        self.part_report = None  # MAT: fn(state) -> its parts' figures, see `_part_reporter`
 
     def is_eval_step(self, step: int) -> bool:
         """Whether `step` ends an evaluation epoch (or the run)."""
@@ -60,6 +61,10 @@ class _Record:
             self.embed(state), self.run.family.matching, self.run.eval_splits, config
         )
         self.log.write("eval", step, results)
+        if self.part_report is not None:
+            report = self.part_report(state)
+            self.log.write("parts", step, report)
+            self.data.setdefault("parts", {})[str(step)] = report
         self.data[key] = results
         epoch = step / self.steps_per_epoch
         if key == "results":
@@ -68,6 +73,27 @@ class _Record:
         if self.main_process:
             _write_json(self.path, self.data)
         return results
+
+
+def _part_reporter(run: Run, model, train_split):
+    """For a MAT with parts and self-supervised keypoints, fn(state) -> the part figures
+    `flow_probe.part_report` measures at each evaluation; None for every other model."""
+    if not flow_probe.reports_parts(run.config):
+        return None
+    config = run.config
+    settings = run.family.loss_settings(config)
+    groups = []
+
+    def report(state) -> dict:
+        if not groups:  # drawn once, at the first evaluation
+            groups.append(flow_probe.collect_groups(config, train_split, flow_probe.REPORT_GROUPS))
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        return flow_probe.part_report(
+            model.apply, variables, run.eval_splits["gallery"], groups[0], settings,
+            config.data.image_size,
+        )  # fmt: skip
+
+    return report
 
 
 def _initial_state(run: Run, model, tx, checkpointer):
@@ -113,6 +139,7 @@ def _train_batches(run: Run, split, sampler: IdentitySampler, start_step: int):
         seed=config.seed,
         with_heatmaps=config.pose.source in ("ground_truth", "precomputed"),
         shard=distributed.shard(),
+        pair_geometry=config.data.same_camera_pairs,
     )
     return prefetch_to_devices(host_batches, size=2)
 
@@ -129,6 +156,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         run.num_devices,
         seed=config.seed,
         steps_per_epoch=config.train.steps_per_epoch,
+        camids=train_split.camids,
+        same_camera_pairs=config.data.same_camera_pairs,
     )
     steps_per_epoch = sampler.steps_per_epoch
     total_steps = config.train.epochs * steps_per_epoch
@@ -139,6 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     main_process = distributed.is_main_process()  # the one that prints and writes files
     log = MetricsLog(run.workdir, enabled=main_process)
     record = _Record(run, model, log, steps_per_epoch, total_steps)
+    record.part_report = _part_reporter(run, model, train_split)
     if main_process:
         print(
             f"training {config.model.name} ({kwargs.get('backbone', '')}) on {config.data.name}: "

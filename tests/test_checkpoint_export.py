@@ -73,6 +73,22 @@ def test_restoring_another_models_checkpoint_is_a_clear_error(tmp_path):
         Checkpointer(str(tmp_path / "ckpt"), other).restore_latest(_fresh_state())
 
 
+def test_a_checkpoint_that_predates_a_model_argument_restores_at_its_default(tmp_path):
+    signature = {"model": "baseline", "model_kwargs": KWARGS}
+    writer = Checkpointer(str(tmp_path / "ckpt"), signature)
+    writer.save(1, _fresh_state())
+    writer.close()
+    newer = dict(signature, model_kwargs=dict(KWARGS, new_switch="off"))
+    defaults = {"new_switch": "off"}
+    restored = Checkpointer(str(tmp_path / "ckpt"), newer, model_defaults=defaults)
+    assert int(restored.restore_latest(_fresh_state()).step) == int(_fresh_state().step)
+    changed = dict(signature, model_kwargs=dict(KWARGS, new_switch="on"))
+    with pytest.raises(UserError, match="new_switch"):
+        Checkpointer(str(tmp_path / "ckpt"), changed, model_defaults=defaults).restore_latest(
+            _fresh_state()
+        )
+
+
 def test_export_load_embed_reproduces_the_features(tmp_path):
     state = _fresh_state()
     step = parallel_train_step(functools.partial(baseline_objective, cfg=LossConfig()))

@@ -167,6 +167,7 @@ def test_heatmap_keypoints_follow_the_given_heatmaps():
         ({"position_embedding": "cat"}, "position_embedding"),
         ({"d_model": 18}, "d_model"),
         ({"num_parts": 0}, "num_parts"),
+        ({"segment_features": "pixels"}, "segment_features"),
     ],
 )
 def test_bad_settings_are_user_errors(overrides, message):
@@ -174,19 +175,35 @@ def test_bad_settings_are_user_errors(overrides, message):
         families.build_model("mat", num_classes=3, **{**TINY, **overrides})
 
 
-def test_a_train_step_reaches_every_parameter():
-    """One real pmapped step (two passes, Eq. 9): every parameter leaf gets a gradient.
+@pytest.mark.parametrize(
+    "model_overrides, loss_overrides",
+    [
+        ({}, {}),
+        (
+            {"segment_features": "backbone"},
+            {"consistency_target": "backbone", "consistency_stages": (1, 2),
+             "consistency_pairs": "first", "keypoint_separation_weight": 1.0},
+        ),
+    ],
+)  # fmt: skip
+def test_a_train_step_reaches_every_parameter(model_overrides, loss_overrides):
+    """One real pmapped step (two passes, Eq. 9): every parameter leaf gets a gradient, with
+    the paper's settings and with the synthetic variant's (not in the paper).
 
     SGD without weight decay and momentum starting at zero: a leaf changes iff its gradient is
     non-zero somewhere.
     """
-    model = families.build_model("mat", num_classes=4, bn_axis_name="batch", **TINY)
+    model = families.build_model(
+        "mat", num_classes=4, bn_axis_name="batch", **{**TINY, **model_overrides}
+    )
     tx = make_optimizer(
         1, optimizer="sgd", lr=0.1, weight_decay=0.0, schedule="warmup_multistep",
         warmup_epochs=0, warmup_factor=1.0, epochs=1, milestones=(10,),
     )  # fmt: skip
     state = create_train_state(model, tx, jax.random.PRNGKey(0), IMAGE)
-    loss_cfg = MatLossConfig(triplet_metric="sqeuclidean", label_smoothing=0.0, group_size=4)
+    loss_cfg = MatLossConfig(
+        triplet_metric="sqeuclidean", label_smoothing=0.0, group_size=4, **loss_overrides
+    )
     step = parallel_train_step(
         functools.partial(mat_objective, cfg=loss_cfg),
         forward=families.get("mat").forward(loss_cfg),
@@ -206,6 +223,23 @@ def test_a_train_step_reaches_every_parameter():
     flat = jax.tree_util.tree_flatten_with_path(changed)[0]
     frozen = [jax.tree_util.keystr(path) for path, moved in flat if not moved]
     assert not frozen, f"parameters without gradient: {frozen}"
+
+
+def test_backbone_segment_features_come_from_their_own_projection():
+    """segment_features="backbone": the segmentation multiplies its embeddings with a 1x1
+    projection of the backbone map; changing it moves the segmentation, not the keypoints."""
+    _, aux, variables = _run(segment_features="backbone")
+    assert "segment_proj" in variables["params"] and "segment_proj" not in _run()[2]["params"]
+    shapes = [m.shape for m in aux["backbone_maps"]]
+    assert shapes == [(4, 16, 8, 64), (4, 8, 4, 128), (4, 4, 2, 256), (4, 4, 2, 512)]
+    model = families.build_model("mat", num_classes=5, segment_features="backbone", **TINY)
+    params = dict(variables["params"])
+    params["segment_proj"] = jax.tree.map(lambda w: w * 3.0, params["segment_proj"])
+    _, moved = jax.jit(functools.partial(model.apply, train=False))(
+        {**variables, "params": params}, _images()
+    )
+    assert not np.allclose(moved["segmentation"], aux["segmentation"], atol=1e-4)
+    np.testing.assert_allclose(moved["keypoints"], aux["keypoints"], atol=1e-6)
 
 
 def test_every_ablation_row_is_a_valid_config():

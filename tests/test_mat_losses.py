@@ -124,20 +124,20 @@ def _group(seg, kp, jac, size=4):
     return tuple(jnp.repeat(x[None], size, axis=0) for x in (seg, kp, jac))
 
 
-def test_consistency_is_zero_when_b_equals_a_with_identity_motion():
+def test_segmentation_consistency_is_zero_when_b_equals_a_with_identity_motion():
     rng = np.random.default_rng(0)
     seg = jax.nn.softmax(jnp.asarray(rng.normal(size=(8, 4, 5)) * 3, jnp.float32), axis=-1)
     kp = jnp.asarray(rng.uniform(-0.7, 0.7, (4, 2)), jnp.float32)
     jac = jnp.asarray(np.eye(2) + 0.2 * rng.normal(size=(4, 2, 2)), jnp.float32)
-    loss = mat_losses.consistency_loss(*_group(seg, kp, jac), group_size=4)
+    segs, kps, jacs = _group(seg, kp, jac)
+    loss = mat_losses.consistency_loss(segs, segs, kps, jacs, group_size=4)
     assert abs(float(loss)) < 1e-4
     # B with another segmentation: positive.
-    segs, kps, jacs = _group(seg, kp, jac)
     segs = segs.at[1].set(jnp.roll(seg, 2, axis=0))
-    assert float(mat_losses.consistency_loss(segs, kps, jacs, group_size=4)) > 0.1
+    assert float(mat_losses.consistency_loss(segs, segs, kps, jacs, group_size=4)) > 0.1
 
 
-def test_consistency_flow_undoes_a_known_part_motion():
+def test_segmentation_consistency_flow_undoes_a_known_part_motion():
     """B is A moved down one cell, its keypoints too: the flow brings B back onto A."""
     height, width = 8, 4
     seg_a = np.zeros((height, width, 3), np.float32)
@@ -150,11 +150,11 @@ def test_consistency_flow_undoes_a_known_part_motion():
     segs = jnp.asarray(np.stack([seg_a, seg_b]))
     jacs = jnp.asarray(np.stack([jac, jac]))
     moved = jnp.asarray(np.stack([kp_a, kp_a + shift]))
-    loss = mat_losses.consistency_loss(segs, moved, jacs, group_size=2)
+    loss = mat_losses.consistency_loss(segs, segs, moved, jacs, group_size=2)
     assert abs(float(loss)) < 1e-4
     still = jnp.asarray(np.stack([kp_a, kp_a]))
     # A's two parts disagree with B's at 1 row of 8: KL ~ -log(1e-6) on 1/8 of the pixels.
-    assert float(mat_losses.consistency_loss(segs, still, jacs, group_size=2)) > 1.0
+    assert float(mat_losses.consistency_loss(segs, segs, still, jacs, group_size=2)) > 1.0
 
 
 def test_kl_divergence_by_hand():
@@ -229,6 +229,8 @@ def _aux(rng, batch=8, parts=3, classes=4, dim=6):
         "part_logits": arr(batch, parts, classes),
         "part_feat": arr(batch, parts, dim),
         "segmentation": seg,
+        "feature_maps": arr(batch, 4, 2, dim),
+        "backbone_maps": [arr(batch, 16, 8, 3), arr(batch, 8, 4, 5)],
         "keypoints": arr(batch, parts, 2, scale=0.3),
         "jacobians": jnp.eye(2) + arr(batch, parts, 2, 2, scale=0.1),
         "warped": {
@@ -255,7 +257,10 @@ def test_total_is_the_weighted_sum_of_eq_9():
         aux["keypoints"], aux["jacobians"], aux["warped"]["keypoints"],
         aux["warped"]["jacobians"], aux["tps"],
     ))  # fmt: skip
-    fc = mat_losses.consistency_loss(aux["segmentation"], aux["keypoints"], aux["jacobians"], 4)
+    fc = mat_losses.consistency_loss(
+        jax.nn.softmax(aux["feature_maps"], axis=-1),
+        aux["segmentation"], aux["keypoints"], aux["jacobians"], 4,
+    )  # fmt: skip
     expected = ce + tri + part_ce + part_tri + 10 * eq + 5 * fc
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     for name in ("ce", "triplet", "part_ce", "part_triplet", "consistency", "accuracy"):

@@ -93,3 +93,25 @@ def test_each_process_reads_its_devices_rows_of_the_global_batch(builder):
     rows = [pipeline.eval_rows(len(query), 8, 4, (p, 2)) for p in (0, 1)]
     positions = np.concatenate([order[mask] for order, mask in rows])  # each image once
     np.testing.assert_array_equal(np.sort(positions), np.arange(len(query)))
+
+
+def test_pair_geometry_crops_and_flips_the_second_image_like_the_first(builder):
+    """An identity with one image gives a group of four copies: with `pair_geometry` the
+    first two are augmented alike, the others independently (pad 8, flip 0.5)."""
+    split = datasets.load_split(builder, "train", with_heatmaps=False)
+    labels = np.where(np.arange(len(split)) == 0, 0, 1 + np.arange(len(split)) % 2)
+    sampler = IdentitySampler(labels, batch_size=4, instances_per_id=4, seed=0)
+    common = dict(
+        start_step=0, image_size=(128, 64), num_devices=1, pad=8, flip_prob=0.5,
+        erasing_prob=0.0, seed=0, with_keypoints=True,
+    )  # fmt: skip
+    while sampler.epoch(0)[0][0] != 0:  # the first batch must be the one-image identity
+        sampler.seed += 1
+    paired = next(pipeline.train_batches(split, sampler, **common, pair_geometry=True))
+    plain = next(pipeline.train_batches(split, sampler, **common))
+    images, points = paired["images"][0], paired["keypoints"][0]
+    np.testing.assert_array_equal(images[0], images[1])
+    np.testing.assert_array_equal(points[0], points[1])
+    np.testing.assert_array_equal(images[0], plain["images"][0][0])
+    assert any(not np.array_equal(points[0], points[k]) for k in (2, 3))
+    assert not np.array_equal(plain["keypoints"][0][0], plain["keypoints"][0][1])

@@ -94,3 +94,26 @@ def test_processes_split_every_batch_into_whole_identities():
     assert len(set(seen[:16])) == 16
     with pytest.raises(ValueError, match="cannot split"):
         process_rows(32, 3, (0, 2))
+
+
+def test_same_camera_pairs_put_an_image_of_the_first_ones_camera_second():
+    """Identity i has images in cameras (0, 0, 1, 1, 2); identity 9 has one per camera, so
+    its second image keeps the plain draw. Everything else is the plain sampler's draw."""
+    labels = np.repeat(np.arange(10), 5)
+    camids = np.tile([0, 0, 1, 1, 2], 10)
+    camids[45:] = [0, 1, 2, 3, 4]
+    plain = IdentitySampler(labels, batch_size=8, instances_per_id=4, seed=1)
+    paired = IdentitySampler(
+        labels, batch_size=8, instances_per_id=4, seed=1, camids=camids, same_camera_pairs=True
+    )
+    for before, after in zip(plain.epoch(0), paired.epoch(0), strict=True):
+        for old, new in zip(before.reshape(-1, 4), after.reshape(-1, 4), strict=True):
+            assert new[0] == old[0] and (new[2:] == old[2:]).all()
+            assert labels[new[1]] == labels[new[0]] and new[1] != new[0]
+            own_camera = (labels == labels[new[0]]) & (camids == camids[new[0]])
+            if own_camera.sum() > 1:
+                assert camids[new[1]] == camids[new[0]]
+            else:
+                assert new[1] == old[1]
+    with pytest.raises(ValueError, match="camids"):
+        IdentitySampler(labels, batch_size=8, instances_per_id=4, same_camera_pairs=True)

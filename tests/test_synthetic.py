@@ -138,3 +138,48 @@ def test_a_config_with_a_bad_image_size_is_a_user_error():
     cfg = synthetic.SyntheticOccludedReidConfig(name="bad", image_height=130)
     with pytest.raises(UserError, match="multiples of 4"):
         cfg.validate()
+
+
+def test_a_tracklet_keeps_view_and_background_while_the_walk_advances():
+    rng = np.random.default_rng(0)
+    camera = render.sample_camera(np.random.default_rng(1), 128, 64)
+    identity = render.sample_identity(np.random.default_rng(2))
+    frames = render.render_tracklet(rng, identity, camera, 128, 64, [False] * 4)
+    assert len(frames) == 4
+    shoulders = [np.sign(f.keypoints[5, 0] - f.keypoints[6, 0]) for f in frames]
+    assert len(set(shoulders)) == 1  # one view
+    moved = [np.abs(f.keypoints[:, :2] - frames[0].keypoints[:, :2]).max() for f in frames[1:]]
+    assert min(moved) > 0.5  # the joints move from frame to frame (pixels)
+    # Above the head only the background shows: the same window, so only noise differs.
+    top = min(f.keypoints[:5, 1].min() for f in frames) - 16
+    assert top > 4
+    skies = [f.image[: int(top)].astype(np.float32) for f in frames]
+    other = render.render_example(rng, identity, camera, 128, 64, occluded=False)
+    same = np.mean([np.abs(s - skies[0]).mean() for s in skies[1:]])
+    assert same < 0.5 * np.abs(other.image[: int(top)].astype(np.float32) - skies[0]).mean()
+
+
+def test_tracklets_change_only_the_train_split(tmp_path, tiny):
+    config = synthetic.SyntheticOccludedReidConfig(
+        **{**_tiny_fields(), "name": "tiny_tracklets", "tracklets": True}
+    )
+    walks = _load(synthetic.build(config, str(tmp_path)))
+    for split in ("query", "gallery", "query_holistic"):
+        for a, b in zip(tiny[split], walks[split], strict=True):
+            np.testing.assert_array_equal(a["image"], b["image"])
+    assert [e["filename"] for e in walks["train"]] == [e["filename"] for e in tiny["train"]]
+    assert any(
+        not np.array_equal(a["image"], b["image"])
+        for a, b in zip(tiny["train"], walks["train"], strict=True)
+    )
+
+
+def _tiny_fields() -> dict:
+    import dataclasses
+
+    tiny_config = synthetic.SyntheticOccludedReid.builder_configs["tiny"]
+    return {
+        f.name: getattr(tiny_config, f.name)
+        for f in dataclasses.fields(tiny_config)
+        if f.init and f.name not in ("name", "description", "version", "release_notes")
+    }

@@ -167,7 +167,15 @@ def normalize(image: tf.Tensor) -> tf.Tensor:
 
 
 def train_augment(
-    image, heatmaps, seed, *, pad: int, flip_prob: float, erasing_prob: float, keypoints=None
+    image,
+    heatmaps,
+    seed,
+    *,
+    pad: int,
+    flip_prob: float,
+    erasing_prob: float,
+    keypoints=None,
+    geometry_seed=None,
 ):
     """The training chain: pad-and-crop, flip, random erasing, normalisation.
 
@@ -176,12 +184,15 @@ def train_augment(
       heatmaps: [H/4, W/4, J] float32, or None.
       seed: stateless seed [2].
       keypoints: [J, 3] float32 (x, y, visibility) in image pixels, or None.
+      geometry_seed: stateless seed [2] of the crop and the flip (default `seed`): two
+        images given the same one are cropped and flipped alike.
     Returns:
       (normalised image [H, W, 3], heatmaps or None, keypoints or None).
     """
     seeds = _seeds(seed, 3)
-    image, heatmaps, keypoints = pad_and_crop(image, heatmaps, seeds[0], pad, keypoints)
-    image, heatmaps, keypoints = random_flip(image, heatmaps, seeds[1], flip_prob, keypoints)
+    geometry = seeds if geometry_seed is None else _seeds(geometry_seed, 3)
+    image, heatmaps, keypoints = pad_and_crop(image, heatmaps, geometry[0], pad, keypoints)
+    image, heatmaps, keypoints = random_flip(image, heatmaps, geometry[1], flip_prob, keypoints)
     if erasing_prob > 0:
         image = random_erasing(image, seeds[2], erasing_prob)
     return normalize(image), heatmaps, keypoints

@@ -124,6 +124,7 @@ def train_batches(
     with_heatmaps: bool = False,
     with_keypoints: bool = False,
     shard: tuple[int, int] = (0, 1),
+    pair_geometry: bool = False,
     threads: int | None = None,
 ) -> Iterator[dict]:
     """Infinite training batches starting at `start_step` (resumes mid-epoch exactly).
@@ -131,8 +132,10 @@ def train_batches(
     `num_devices` counts the devices of all processes; with several processes (`shard` =
     (process index, number of processes)) each process reads, augments and yields only the
     rows of its own devices, D = num_devices / processes of them, augmented exactly as one
-    process driving every device would (the seed of an image is its global slot). `threads`
-    caps tf.data's thread pool (benchmarks/pipeline_benchmark.py; None: all cores).
+    process driving every device would (the seed of an image is its global slot).
+    `pair_geometry` crops and flips the second image of each identity's K like the first
+    (the same-camera pairs of `IdentitySampler(same_camera_pairs=True)`). `threads` caps
+    tf.data's thread pool (benchmarks/pipeline_benchmark.py; None: all cores).
 
     Yields dicts of numpy arrays (b = B / num_devices images per device):
       images: [D, b, H, W, 3] float32, ImageNet-normalised.
@@ -159,6 +162,10 @@ def train_batches(
 
     def one_example(step, slot, index):
         example_seed = tf.stack([tf.constant(seed, tf.int64), step * global_batch + slot])
+        geometry_seed = None
+        if pair_geometry:  # the second of a group takes the first one's crop and flip
+            first = slot - tf.cast(slot % sampler.instances_per_id == 1, tf.int64)
+            geometry_seed = tf.stack([tf.constant(seed, tf.int64), step * global_batch + first])
         image, stored_size = _decode(tf.gather(images, index), image_size)
         maps = _resize_heatmaps(read_heatmaps(index), image_size) if with_heatmaps else None
         points = None
@@ -170,7 +177,7 @@ def train_batches(
             points = tf.gather(keypoints, index) * tf.concat([scale, [1.0]], 0)
         image, maps, points = augment.train_augment(
             image, maps, example_seed, pad=pad, flip_prob=flip_prob, erasing_prob=erasing_prob,
-            keypoints=points,
+            keypoints=points, geometry_seed=geometry_seed,
         )  # fmt: skip
         out = {"images": image, "labels": tf.gather(labels, index)}
         if with_heatmaps:

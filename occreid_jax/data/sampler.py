@@ -72,6 +72,10 @@ class IdentitySampler:
       num_devices: devices the batch is split over; P must be divisible by it.
       seed: base seed; the epoch is folded in.
       steps_per_epoch: batches per epoch; default len(labels) // batch_size, like fast-reid.
+      camids: [N] camera ids, needed by `same_camera_pairs`.
+      same_camera_pairs: make the second image of each identity's K another image from the
+        first one's camera when the identity has one there (in real datasets, a frame of the
+        same tracklet; MAT's feature consistency pairs them). Not in either paper.
     """
 
     def __init__(
@@ -82,6 +86,8 @@ class IdentitySampler:
         num_devices: int = 1,
         seed: int = 0,
         steps_per_epoch: int | None = None,
+        camids: np.ndarray | None = None,
+        same_camera_pairs: bool = False,
     ):
         self.num_ids_per_batch = check_batch_layout(batch_size, instances_per_id, num_devices)
         self.batch_size = batch_size
@@ -95,6 +101,11 @@ class IdentitySampler:
                 f"P={self.num_ids_per_batch}; lower --config.data.batch_size"
             )
         self._members = {pid: np.flatnonzero(labels == pid) for pid in self.identities}
+        self._camids = None
+        if same_camera_pairs:
+            if camids is None or len(camids) != len(labels):
+                raise ValueError("same_camera_pairs needs one camera id per image (camids)")
+            self._camids = np.asarray(camids)
         self.steps_per_epoch = steps_per_epoch or max(1, len(labels) // batch_size)
 
     def epoch(self, epoch: int) -> np.ndarray:
@@ -106,7 +117,19 @@ class IdentitySampler:
         for row, pid in enumerate(self._identity_order(rng)):
             members = self._members[pid]
             flat[row] = rng.choice(members, size=k, replace=len(members) < k)
+            if self._camids is not None and k > 1:
+                flat[row, 1] = self._camera_partner(rng, members, flat[row])
         return batches
+
+    def _camera_partner(self, rng: np.random.Generator, members: np.ndarray, row: np.ndarray):
+        """An image from the camera of `row[0]`, preferring ones not yet in `row`; row[1] when
+        the identity has no other image in that camera."""
+        cams = self._camids[members]
+        same = members[(cams == self._camids[row[0]]) & (members != row[0])]
+        if not len(same):
+            return row[1]
+        fresh = same[~np.isin(same, row[2:])]
+        return rng.choice(fresh if len(fresh) else same)
 
     def _identity_order(self, rng: np.random.Generator) -> list[int]:
         """Identities for the whole epoch, P per batch, never twice in one batch."""

@@ -5,22 +5,18 @@ The whole objective (Eq. 9, with the ID and triplet terms) is `objectives.mat_ob
 * L_eq: FOMM's equivariance of keypoints and Jacobians under a random TPS warp (Eq. 14), L1:
   `mean |p_k - T(p'_k)| + mean |I - J_k^-1 dT(p'_k) J'_k|`, p', J' from the warped images
   (the second forward pass of `nets/mat_warped_pass.py`).
-* L_fc: feature consistency (Eq. 10-12): in every identity group of the P x K batch the first
-  image is A; each other image X's part distribution is brought into A's frame by the motion
-  flow `F_{A<-X}` (`motion.warp_to_target`) and compared by `KL(f_A || f_AX)` (Eq. 10),
-  summed over X (Eq. 12), averaged over groups. Eq. 10 is a KL between distributions: the
-  per-pixel (K+1)-channel maps of an h x w image hold N = h w units of mass, so each is
-  divided by N to make one distribution over (position, part); the KL is then the mean over
-  positions of the per-pixel KL. (Summing the per-pixel KLs instead, N times larger, lets L_fc
-  at weight 5 swamp the ID loss's gradient and collapse the shared encoder features to one
-  image-independent map; README, "Where the paper is silent".)
-
+* L_fc: feature consistency (Eq. 8, 10-12): in every identity group of the P x K batch the
+  first image is A; each other image X's maps are brought into A's frame by the flow
+  `F_{A<-X}` that A's segmentation composes from the part motions (`motion.warp_to_target`)
+  and compared by `KL(f_A || f_AX)` (Eq. 10), summed over X (Eq. 12), averaged over groups.
+  The maps are image features as per-position distributions (`feature_distribution`), or
+  the segmentation itself (the reading first built, which is zero for uniform maps). A map
+  of h x w positions is one distribution over (position, channel) after dividing by h w, so
+  the KL is the mean over positions of the per-position KL.
+* Keypoint separation (not in the paper): Zhang et al.'s prior that keeps keypoints apart
+  (`keypoint_separation_loss`).
 * L_div (not in the paper): `log K + H_pixel - H_usage`, minus the mutual information between
-  a pixel and its part (`part_diversity_loss`). L_fc is zero for any segmentation that is
-  the same uniform map on every image, and the ID losses on part features are as happy with
-  K copies of the global feature: nothing in Eq. 9 keeps the K+1 maps apart (co-part
-  segmentation's reconstruction loss did, and MAT dropped it). What L_div does and does not do
-  on the synthetic benchmark is measured in the README's MAT results.
+  a pixel and its part (`part_diversity_loss`), a term that pushes the K+1 maps apart.
 
 Pure functions of arrays; the motion geometry comes from `occreid_jax.motion`.
 """
@@ -81,42 +77,76 @@ def kl_divergence(p: jax.Array, q: jax.Array) -> jax.Array:
     return jnp.mean(per_pixel, axis=(1, 2))
 
 
+def feature_distribution(maps: jax.Array) -> jax.Array:
+    """Image features as Eq. 10's distributions: a softmax over channels at every position.
+
+    Args:
+      maps: [B, h, w, C] feature maps.
+
+    Returns:
+      [B, h, w, C] float32, summing to 1 over C.
+    """
+    return jax.nn.softmax(maps.astype(jnp.float32), axis=-1)
+
+
+CONSISTENCY_PAIRS = ("all", "first")
+
+
 def consistency_loss(
-    segmentation: jax.Array, keypoints: jax.Array, jacobians: jax.Array, group_size: int
+    maps: jax.Array,
+    segmentation: jax.Array,
+    keypoints: jax.Array,
+    jacobians: jax.Array,
+    group_size: int,
+    pairs: str = "all",
 ) -> jax.Array:
     """Eq. 12 over the identity groups of an identity-major batch.
 
+    Every image X of a group other than its first, A, is brought into A's frame by the flow
+    `F_{A<-X}` that A's segmentation composes from the part motions (`motion.warp_to_target`)
+    and compared with A by `KL(f_A || f_AX)` (Eq. 10).
+
     Args:
-      segmentation: [B, h, w, K+1] part distributions (channel 0 background).
+      maps: [B, h', w', C] what is compared: per-position distributions (the features through
+        `feature_distribution`, or the segmentation itself).
+      segmentation: [B, h, w, K+1] part probabilities (channel 0 background), resized
+        bilinearly to (h', w') when the maps are finer.
       keypoints: [B, K, 2]; jacobians: [B, K, 2, 2].
       group_size: images per identity, adjacent in the batch (the sampler's K); the first of
         each group is A, the others are B, C, D.
+      pairs: "all" compares A with every other image of its group (Eq. 12); "first" with the
+        second image only (not in the paper: a sampler that puts a frame of A's tracklet
+        there makes it a same-camera pair).
 
     Returns:
       Scalar: mean over groups of `sum_X KL(f_A || F_{A<-X} x f_X)`.
     """
-    batch = segmentation.shape[0]
+    batch = maps.shape[0]
     if batch % group_size:
         raise ValueError(f"batch {batch} is not a multiple of the group size {group_size}")
+    if pairs not in CONSISTENCY_PAIRS:
+        raise ValueError(f"pairs must be one of {CONSISTENCY_PAIRS}, got {pairs!r}")
+    if segmentation.shape[1:3] != maps.shape[1:3]:
+        segmentation = jax.image.resize(
+            segmentation, (batch, *maps.shape[1:3], segmentation.shape[-1]), "linear"
+        )
 
     def grouped(x):
         return x.reshape(batch // group_size, group_size, *x.shape[1:])
 
-    seg, kp, jac = grouped(segmentation), grouped(keypoints), grouped(jacobians)
-    others = group_size - 1
-    anchor_seg = jnp.repeat(seg[:, :1], others, axis=1).reshape(-1, *seg.shape[2:])
-    anchor_kp = jnp.repeat(kp[:, :1], others, axis=1).reshape(-1, *kp.shape[2:])
-    anchor_jac = jnp.repeat(jac[:, :1], others, axis=1).reshape(-1, *jac.shape[2:])
-    source_seg = seg[:, 1:].reshape(-1, *seg.shape[2:])
+    fmap, seg, kp, jac = (grouped(x) for x in (maps, segmentation, keypoints, jacobians))
+    others = 1 if pairs == "first" else group_size - 1
+
+    def anchors(x):
+        return jnp.repeat(x[:, :1], others, axis=1).reshape(-1, *x.shape[2:])
+
+    def sources(x):
+        return x[:, 1 : 1 + others].reshape(-1, *x.shape[2:])
+
     warped = motion.warp_to_target(
-        source_seg,
-        anchor_seg,
-        kp[:, 1:].reshape(-1, *kp.shape[2:]),
-        jac[:, 1:].reshape(-1, *jac.shape[2:]),
-        anchor_kp,
-        anchor_jac,
+        sources(fmap), anchors(seg), sources(kp), sources(jac), anchors(kp), anchors(jac)
     )
-    kl = kl_divergence(anchor_seg, warped).reshape(-1, others)
+    kl = kl_divergence(anchors(fmap), warped).reshape(-1, others)
     return jnp.mean(jnp.sum(kl, axis=1))
 
 
@@ -129,8 +159,7 @@ def part_diversity_loss(segmentation: jax.Array) -> jax.Array:
     free. Uniform maps give log K + log(K+1) - log K = log(K+1); the minimum, 0, is reached by
     hard assignments that use every part equally often. Batch-level usage (not per image)
     lets a part be absent from an occluded image, but also lets every pixel of an image take
-    one part, a different one per image: the minimum without any spatial parts, which
-    training on the synthetic benchmark found.
+    one part, a different one per image: a minimum without any spatial parts.
 
     Args:
       segmentation: [B, h, w, K+1] part distributions (channel 0 background).
@@ -145,3 +174,24 @@ def part_diversity_loss(segmentation: jax.Array) -> jax.Array:
     usage_entropy = -jnp.sum(usage * jnp.log(jnp.maximum(usage, KL_EPS)))
     num_parts = seg.shape[-1] - 1
     return jnp.log(float(num_parts)) + pixel_entropy - usage_entropy
+
+
+def keypoint_separation_loss(keypoints: jax.Array, sigma: float) -> jax.Array:
+    """Not in the paper: the separation prior of Zhang et al. (CVPR 2018, Eq. 6) that keeps
+    unsupervised landmarks apart, `exp(-||p_k - p_l||^2 / (2 sigma^2))` averaged over the
+    K (K - 1) ordered pairs k != l of each image and over images.
+
+    Args:
+      keypoints: [B, K, 2] in [-1, 1].
+      sigma: the distance scale, in the same units.
+
+    Returns:
+      Scalar float32 in [0, 1]: 1 when all keypoints coincide.
+    """
+    num = keypoints.shape[1]
+    if num < 2:
+        return jnp.zeros((), jnp.float32)
+    diff = keypoints[:, :, None, :] - keypoints[:, None, :, :]
+    close = jnp.exp(-jnp.sum(jnp.square(diff), axis=-1) / (2.0 * sigma**2))
+    off_diagonal = 1.0 - jnp.eye(num, dtype=close.dtype)
+    return jnp.sum(close * off_diagonal) / (keypoints.shape[0] * num * (num - 1))

@@ -21,7 +21,14 @@ import jax.numpy as jnp
 
 from occreid_jax.errors import UserError
 from occreid_jax.losses.classification import cross_entropy_label_smoothing
-from occreid_jax.losses.mat import consistency_loss, equivariance_loss, part_diversity_loss
+from occreid_jax.losses.mat import (
+    CONSISTENCY_PAIRS,
+    consistency_loss,
+    equivariance_loss,
+    feature_distribution,
+    keypoint_separation_loss,
+    part_diversity_loss,
+)
 from occreid_jax.losses.triplet import triplet_loss
 
 
@@ -152,6 +159,12 @@ def pirt_objective(aux: dict, labels: jax.Array, cfg: PirtLossConfig):
     return loss, {"loss": loss, **metrics, "accuracy": accuracy}
 
 
+# What MAT's feature consistency warps and compares: the encoder output f_g (Eq. 8's image
+# features), backbone stages' maps (consistency_stages; not in the paper), or the part
+# segmentation itself (as first built; it has a trivial zero at uniform maps).
+CONSISTENCY_TARGETS = ("encoder", "backbone", "segmentation")
+
+
 @dataclasses.dataclass(frozen=True)
 class MatLossConfig(LossConfig):
     """config.loss of MAT: LossConfig's global-branch fields (ce_weight = lambda1,
@@ -165,6 +178,15 @@ class MatLossConfig(LossConfig):
     equivariance_weight: float = 10.0  # lambda5
     consistency_weight: float = 5.0  # lambda6
     part_diversity_weight: float = 0.0  # not in the paper (losses/mat.part_diversity_loss)
+    # What L_fc compares (CONSISTENCY_TARGETS), whether its gradient may reach those features,
+    # and which images of a group it pairs with A (losses/mat.consistency_loss).
+    consistency_target: str = "encoder"
+    consistency_stages: tuple[int, ...] = (2,)  # backbone stages of target "backbone"
+    consistency_stop_gradient: bool = True  # not in the paper
+    consistency_jacobians: bool = True  # False: part motions are translations (not in the paper)
+    consistency_pairs: str = "all"  # "all" = Eq. 12; "first": not in the paper
+    keypoint_separation_weight: float = 0.0  # not in the paper (Zhang et al. 2018)
+    keypoint_separation_sigma: float = 0.1  # not in the paper
     tps_sigma_affine: float = 0.05
     tps_sigma_tps: float = 0.005
     tps_points: int = 5
@@ -185,17 +207,67 @@ class MatLossConfig(LossConfig):
         missing = sorted(n for n in names if n not in config.loss)
         if missing:
             raise UserError(f"config.loss lacks {', '.join(missing)}; start from configs/mat.py")
-        return cls(
+        settings = cls(
             **{n: config.loss[n] for n in names},
             **{n: config.model[n] for n in model_fields if n in config.model},
             mining_groups=mining_groups,
             group_size=config.data.instances_per_id,
         )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raises UserError for settings the model cannot serve."""
+        if self.consistency_target not in CONSISTENCY_TARGETS:
+            raise UserError(
+                f"unknown loss.consistency_target {self.consistency_target!r}; "
+                f"use one of {CONSISTENCY_TARGETS}"
+            )
+        if self.consistency_pairs not in CONSISTENCY_PAIRS:
+            raise UserError(
+                f"unknown loss.consistency_pairs {self.consistency_pairs!r}; "
+                f"use one of {CONSISTENCY_PAIRS}"
+            )
+        stages = tuple(self.consistency_stages)
+        if not stages or not all(1 <= s <= 4 for s in stages):
+            raise UserError(
+                f"loss.consistency_stages={stages} must name backbone stages, 1-4, e.g. '(2,)'"
+            )
 
 
 def _per_part(fn, features: jax.Array, *args) -> jax.Array:
     """Mean over parts of `fn(features[:, k], *args)` for [B, K, ...] features."""
     return jnp.mean(jax.vmap(lambda f: fn(f, *args), in_axes=1)(features))
+
+
+def consistency_maps(aux: dict, cfg: MatLossConfig) -> list[jax.Array]:
+    """What L_fc compares, per `cfg.consistency_target`: [B, h', w', C] distributions, one
+    map per compared level (several backbone stages are averaged).
+
+    Features become a softmax over channels at each position (`feature_distribution`),
+    behind a stop-gradient when `cfg.consistency_stop_gradient` (then L_fc trains only the
+    flow: segmentation, keypoints and Jacobians).
+    """
+    if cfg.consistency_target == "segmentation":
+        return [aux["segmentation"]]
+    if cfg.consistency_target == "encoder":
+        levels = [aux["feature_maps"]]
+    else:
+        levels = [aux["backbone_maps"][s - 1] for s in cfg.consistency_stages]
+    if cfg.consistency_stop_gradient:
+        levels = [jax.lax.stop_gradient(maps) for maps in levels]
+    return [feature_distribution(maps) for maps in levels]
+
+
+def flow_jacobians(aux: dict, cfg: MatLossConfig) -> jax.Array:
+    """The Jacobians L_fc's part motions use: the model's [B, K, 2, 2], or identities when
+    `cfg.consistency_jacobians` is off (each part then moves by a translation)."""
+    if cfg.consistency_jacobians:
+        return aux["jacobians"]
+    return jnp.broadcast_to(jnp.eye(2, dtype=jnp.float32), aux["jacobians"].shape)
+
+
+CONSISTENCY_INPUTS = {"encoder": "feature_maps", "backbone": "backbone_maps"}
 
 
 def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
@@ -206,7 +278,11 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
     * Tri: soft-margin batch-hard triplet (Eq. 17; `cfg.triplet_metric` "sqeuclidean") on the
       features before their BNNeck; parts mined separately and averaged (not in the paper).
     * L_eq = value + Jacobian term (`losses/mat.equivariance_loss`) with keypoints (from the
-      equivariance pass); L_fc (`losses/mat.consistency_loss`) with keypoints and parts.
+      equivariance pass); L_fc (`losses/mat.consistency_loss`) with keypoints and parts, on
+      the maps `consistency_maps` picks and averaged over them, with the part motions'
+      Jacobians of `flow_jacobians`.
+    * Keypoint separation (`cfg.keypoint_separation_weight`, not in the paper) and L_div
+      (`cfg.part_diversity_weight`, not in the paper) when their weights are non-zero.
 
     Metrics also report `segmentation_confidence` (mean max part probability per pixel:
     1/(K+1) for uniform maps) and `keypoint_spread` (std of the keypoints over parts: 0 when
@@ -228,6 +304,9 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
         needed += ["part_logits", "part_feat", "segmentation"]
     if has_keypoints:
         needed += ["keypoints", "jacobians", "warped", "tps"]
+    has_consistency = has_parts and has_keypoints and cfg.group_size > 1
+    if has_consistency and cfg.consistency_target in CONSISTENCY_INPUTS:
+        needed.append(CONSISTENCY_INPUTS[cfg.consistency_target])
     require(aux, needed, "mat")
 
     ce = cross_entropy_label_smoothing(aux["logits"], labels, epsilon=cfg.label_smoothing)
@@ -261,10 +340,23 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
         metrics.update(equivariance_value=eq_value, equivariance_jacobian=eq_jacobian)
         # Collapse diagnostic (no gradient): 0 when the keypoints coincide.
         metrics["keypoint_spread"] = jnp.mean(jnp.std(aux["keypoints"], axis=1))
-    if has_parts and has_keypoints and cfg.group_size > 1:
-        fc = consistency_loss(
-            aux["segmentation"], aux["keypoints"], aux["jacobians"], cfg.group_size
-        )
+        if cfg.keypoint_separation_weight:
+            separation = keypoint_separation_loss(aux["keypoints"], cfg.keypoint_separation_sigma)
+            loss = loss + cfg.keypoint_separation_weight * separation
+            metrics["keypoint_separation"] = separation
+    if has_consistency:
+        levels = consistency_maps(aux, cfg)
+        fc = sum(
+            consistency_loss(
+                maps,
+                aux["segmentation"],
+                aux["keypoints"],
+                flow_jacobians(aux, cfg),
+                cfg.group_size,
+                cfg.consistency_pairs,
+            )
+            for maps in levels
+        ) / len(levels)
         loss = loss + cfg.consistency_weight * fc
         metrics["consistency"] = fc
     metrics["loss"] = loss

@@ -47,15 +47,17 @@ def classifier(num_classes: int, name: str) -> nn.Dense:
     )
 
 
-def backbone_features(module: nn.Module, x: jax.Array, train: bool) -> jax.Array:
+def backbone_features(module: nn.Module, x: jax.Array, train: bool, all_stages: bool = False):
     """Runs the backbone a model module configures (its `backbone`, `last_stride`, `dtype`,
-    `bn_axis_name` fields) as the submodule "backbone": [B, H, W, 3] -> [B, h, w, C]."""
-    return get_backbone(module.backbone)(
+    `bn_axis_name` fields) as the submodule "backbone": [B, H, W, 3] -> [B, h, w, C], or with
+    `all_stages` the list of every stage's output (`ResNet.stage_outputs`)."""
+    backbone = get_backbone(module.backbone)(
         last_stride=module.last_stride,
         dtype=module.dtype,
         bn_axis_name=module.bn_axis_name,
         name="backbone",
-    )(x, train)
+    )
+    return backbone.stage_outputs(x, train) if all_stages else backbone(x, train)
 
 
 class Baseline(nn.Module):

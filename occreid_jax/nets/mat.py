@@ -52,6 +52,12 @@ from occreid_jax.nets.transformer import DecoderLayer, EncoderLayer, sine_positi
 #   none             no keypoint branch: no motion, segmentation trained by the ID losses only
 KEYPOINT_SOURCES = ("self_supervised", "heatmaps", "none")
 POSITION_EMBEDDINGS = ("add", "concat")
+# model.segment_features: what the segment embeddings are multiplied with (the keypoint
+# embeddings always multiply f_g).
+#   encoder   f_g, the encoder output (our reading of the paper's "feature maps")
+#   backbone  the backbone map through its own 1x1 projection to d_model, without positions
+#             (not in the paper; keeps the maps spatial when the encoder's tokens grow alike)
+SEGMENT_FEATURES = ("encoder", "backbone")
 
 # COCO joints (0 nose, 1-2 eyes, 3-4 ears, 5-6 shoulders, 7-8 elbows, 9-10 wrists, 11-12
 # hips, 13-14 knees, 15-16 ankles) grouped into K keypoints for model.keypoints="heatmaps".
@@ -131,6 +137,8 @@ class Mat(nn.Module):
       segmentation: the part-segmentation branch; False leaves only the global feature.
       scale_maps: divide the map dot products by sqrt(d_model), as attention logits (not in
         the paper, which multiplies plainly; off by default).
+      segment_features: what the segmentation multiplies its embeddings with, see
+        `SEGMENT_FEATURES`.
       dtype: compute dtype of backbone and transformer; heads and maps are float32.
       bn_axis_name: axis name for synchronised BatchNorm under pmap/shard_map.
     """
@@ -151,6 +159,7 @@ class Mat(nn.Module):
     keypoints: str = "self_supervised"
     segmentation: bool = True
     scale_maps: bool = False
+    segment_features: str = "encoder"
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
 
@@ -174,6 +183,11 @@ class Mat(nn.Module):
             problems.append(
                 f"unknown model.position_embedding {self.position_embedding!r}; "
                 f"use one of {POSITION_EMBEDDINGS}"
+            )
+        if self.segment_features not in SEGMENT_FEATURES:
+            problems.append(
+                f"unknown model.segment_features {self.segment_features!r}; "
+                f"use one of {SEGMENT_FEATURES}"
             )
         if self.d_model % self.num_heads or self.d_model % 4:
             problems.append(
@@ -218,30 +232,35 @@ class Mat(nn.Module):
             aux["feature_maps"] [B, h, w, d] (f_g), aux["global_feat"] [B, d] (its mean),
             aux["logits"] [B, C]; with segmentation
             aux["part_feat"] [B, K, d], aux["part_logits"] [B, K, C],
-            aux["segmentation"] [B, h, w, K+1] (softmax, channel 0 background); with
-            keypoints aux["keypoints"] [B, K, 2] ([-1, 1], see `motion`),
+            aux["segmentation"] [B, h, w, K+1] (softmax, channel 0 background);
+            aux["backbone_maps"] the output of every backbone stage (`ResNet.stage_outputs`);
+            with keypoints aux["keypoints"] [B, K, 2] ([-1, 1], see `motion`),
             aux["jacobians"] [B, K, 2, 2], aux["keypoint_heatmaps"] [B, h, w, K].
             Logits are absent when num_classes == 0; keypoints are absent with
             keypoints="heatmaps" when no heatmaps are given (inference).
         """
-        tokens, (height, width) = self._encode(x, train)
+        stages = backbone_features(self, x, train, all_stages=True)
+        fmap = stages[-1]
+        height, width = fmap.shape[1:3]
+        tokens = self._encode(fmap, train)
         features = tokens.astype(jnp.float32)  # f_g: [B, N, d], N = h * w
         keypoint_emb, segment_emb = self._decode(tokens, train)
-        aux: dict[str, Any] = {}
+        aux: dict[str, Any] = {"backbone_maps": stages}
         if self.keypoints != "none":
             aux.update(self._keypoints(features, keypoint_emb, heatmaps, (height, width), train))
         out, global_aux = self._global_branch(features, (height, width), train)
         aux.update(global_aux)
         if self.segmentation:
-            parts, part_aux = self._parts(features, segment_emb, (height, width), train)
+            segment_input = self._segment_input(features, fmap)
+            parts, part_aux = self._parts(
+                features, segment_input, segment_emb, (height, width), train
+            )
             out.update(parts)
             aux.update(part_aux)
         return out, aux
 
-    def _encode(self, x: jax.Array, train: bool) -> tuple[jax.Array, tuple[int, int]]:
-        """Backbone, projection with positions and encoder: (tokens [B, h*w, d], (h, w))."""
-        fmap = backbone_features(self, x, train)
-        height, width = fmap.shape[1:3]
+    def _encode(self, fmap: jax.Array, train: bool) -> jax.Array:
+        """Projection with positions and encoder: [B, h, w, C] -> tokens [B, h*w, d]."""
         tokens = self._tokens(fmap)
         for i in range(self.encoder_layers):
             tokens = EncoderLayer(
@@ -252,7 +271,7 @@ class Mat(nn.Module):
                 self.dtype,
                 name=f"encoder_{i}",
             )(tokens, train)
-        return tokens, (height, width)
+        return tokens
 
     def _decode(self, tokens: jax.Array, train: bool):
         """The decoder's query embeddings: (keypoint [B, K, d] or None, segment [B, K+1, d] or
@@ -326,12 +345,23 @@ class Mat(nn.Module):
             aux["logits"] = classifier(self.num_classes, "classifier")(out["global"])
         return out, aux
 
-    def _parts(self, features, segment_emb, size, train: bool) -> tuple[dict, dict]:
-        """K+1 segmentation, part features and visibility: ({"parts", "visibility"}, aux)."""
+    def _segment_input(self, features: jax.Array, fmap: jax.Array) -> jax.Array:
+        """What the segment embeddings multiply (`segment_features`): f_g [B, N, d], or the
+        backbone map [B, h, w, C] through its own projection to [B, N, d]."""
+        if self.segment_features == "encoder":
+            return features
+        projected = nn.Dense(self.d_model, dtype=jnp.float32, name="segment_proj")(
+            fmap.astype(jnp.float32)
+        )
+        return projected.reshape(features.shape)
+
+    def _parts(self, features, segment_input, segment_emb, size, train: bool) -> tuple[dict, dict]:
+        """K+1 segmentation (from `segment_input` [B, N, d]), part features pooled from f_g
+        and visibility: ({"parts", "visibility"}, aux)."""
         batch, d, k = features.shape[0], self.d_model, self.num_parts
         height, width = size
         emb = MLPHead(d, self.head_layers, name="segment_head")(segment_emb)
-        logits = jnp.einsum("bnd,bkd->bnk", features, emb) * self._map_scale()
+        logits = jnp.einsum("bnd,bkd->bnk", segment_input, emb) * self._map_scale()
         seg = jax.nn.softmax(logits, axis=-1)
         part_weights = seg[..., 1:]  # [B, N, K], background excluded
         mass = part_weights.sum(axis=1)  # [B, K]

@@ -147,7 +147,6 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
 
-    @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """Feature map of an image batch.
 
@@ -159,6 +158,12 @@ class ResNet(nn.Module):
           [B, H / (16 * last_stride), W / (16 * last_stride), 32 * width] feature map in
           `dtype` (for 4 stages; H, W multiples of 32).
         """
+        return self.stage_outputs(x, train)[-1]
+
+    @nn.compact
+    def stage_outputs(self, x: jax.Array, train: bool) -> list[jax.Array]:
+        """The output of every stage: [B, H / 4, W / 4, 4 * width] for stage 1, then each
+        stage at half the resolution (the last at `last_stride`) and twice the channels."""
         x = nn.Conv(
             self.width,
             (7, 7),
@@ -173,6 +178,7 @@ class ResNet(nn.Module):
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf
 
         num_stages = len(self.stage_sizes)
+        outputs = []
         for i, num_blocks in enumerate(self.stage_sizes):
             last = i == num_stages - 1
             stage_stride = 1 if i == 0 else (self.last_stride if last else 2)
@@ -186,7 +192,8 @@ class ResNet(nn.Module):
                     bn_axis_name=self.bn_axis_name,
                     name=f"layer{i + 1}_{j}",
                 )(x, train)
-        return x
+            outputs.append(x)
+        return outputs
 
 
 ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3))

@@ -73,6 +73,11 @@ class SyntheticOccludedReidConfig(tfds.core.BuilderConfig):
     train_occluded_ratio: float = 0.1
     gallery_occluded_ratio: float = 0.1
     occluded_fraction: tuple[float, float] = (0.2, 0.6)
+    # Render the train images of one identity in one camera as consecutive frames of one walk
+    # (`render.render_tracklet`: one view and background window, the walking phase advancing)
+    # instead of independent images; the test splits are unchanged.
+    tracklets: bool = False
+    tracklet_phase_step: tuple[float, float] = (0.3, 0.6)  # radians per frame
     seed: int = 0
 
     def validate(self) -> None:
@@ -170,6 +175,17 @@ class SyntheticOccludedReid(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         SyntheticOccludedReidConfig(name="default", description="~150 train / 150 test ids."),
         SyntheticOccludedReidConfig(
+            name="tracklets",
+            description="default, with each identity's train images in a camera one tracklet.",
+            tracklets=True,
+        ),
+        SyntheticOccludedReidConfig(
+            name="tracklets_wide",
+            description="tracklets, with larger steps of the walking phase between frames.",
+            tracklets=True,
+            tracklet_phase_step=(0.8, 1.6),
+        ),
+        SyntheticOccludedReidConfig(
             name="tiny",
             description="A few ids, for tests.",
             num_train_ids=8,
@@ -225,18 +241,24 @@ class SyntheticOccludedReid(tfds.core.GeneratorBasedBuilder):
             render.sample_camera(_rng(cfg, _CAMERA, c), h, w) for c in range(cfg.num_cameras)
         ]
         holistic = split == "query_holistic"
+        frames = {}
+        if cfg.tracklets and split == "train":
+            frames = _render_tracklets(cfg, specs, cameras)
         for key, s in enumerate(specs):
             identity = render.sample_identity(_rng(cfg, _IDENTITY, s.pid))
             occluded = s.occluded or holistic  # the twin consumes the same random draws
-            out = render.render_example(
-                _rng(cfg, _EXAMPLE, s.pid, s.index),
-                identity,
-                cameras[s.camid],
-                h,
-                w,
-                occluded,
-                tuple(cfg.occluded_fraction),
-            )
+            if frames:
+                out = frames[(s.pid, s.index)]
+            else:
+                out = render.render_example(
+                    _rng(cfg, _EXAMPLE, s.pid, s.index),
+                    identity,
+                    cameras[s.camid],
+                    h,
+                    w,
+                    occluded,
+                    tuple(cfg.occluded_fraction),
+                )
             image, kp = out.image, out.keypoints
             if holistic:
                 image, kp = out.holistic_image, out.holistic_keypoints
@@ -254,6 +276,31 @@ class SyntheticOccludedReid(tfds.core.GeneratorBasedBuilder):
                     "filename": f"{split}/{s.pid:04d}_c{s.camid + 1}_{s.index:04d}.png",
                 },
             )
+
+
+def _render_tracklets(
+    cfg: SyntheticOccludedReidConfig, specs: list[ExampleSpec], cameras: list
+) -> dict[tuple[int, int], render.Rendered]:
+    """(pid, index) -> frame: each identity's examples in one camera rendered as one tracklet,
+    frames in the order of their image indices, from the seed of the first index."""
+    walks: dict[tuple[int, int], list[ExampleSpec]] = {}
+    for s in specs:
+        walks.setdefault((s.pid, s.camid), []).append(s)
+    frames = {}
+    for (pid, camid), members in walks.items():
+        members = sorted(members, key=lambda s: s.index)
+        rendered = render.render_tracklet(
+            _rng(cfg, _EXAMPLE, pid, members[0].index),
+            render.sample_identity(_rng(cfg, _IDENTITY, pid)),
+            cameras[camid],
+            cfg.image_height,
+            cfg.image_width,
+            [s.occluded for s in members],
+            tuple(cfg.occluded_fraction),
+            tuple(cfg.tracklet_phase_step),
+        )
+        frames.update({(pid, s.index): out for s, out in zip(members, rendered, strict=True)})
+    return frames
 
 
 def build(

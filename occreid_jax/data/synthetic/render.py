@@ -18,6 +18,7 @@ Entry points: `sample_identity`, `sample_camera`, `render_example`, `keypoint_he
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import cv2
 import numpy as np
@@ -40,6 +41,7 @@ __all__ = [  # what the builder and the tests use; the parts live in the modules
     "Rendered",
     "keypoint_heatmaps",
     "render_example",
+    "render_tracklet",
     "sample_camera",
     "sample_identity",
 ]
@@ -107,6 +109,73 @@ def render_example(
     ch, cw = height * SUPERSAMPLE, width * SUPERSAMPLE
     pose = sample_pose(rng, camera, identity, ch, cw)
     x0 = int(rng.integers(0, camera.background.shape[1] - cw + 1))
+    return _render_pose(rng, identity, camera, pose, x0, height, width, occluded, fraction_range)
+
+
+def render_tracklet(
+    rng: np.random.Generator,
+    identity: Identity,
+    camera: Camera,
+    height: int,
+    width: int,
+    occluded: list[bool],
+    fraction_range: tuple[float, float] = (0.2, 0.6),
+    phase_step: tuple[float, float] = (0.3, 0.6),
+    drift: float = 0.15,
+) -> list[Rendered]:
+    """Consecutive frames of one walk seen by one fixed camera window (a tracklet).
+
+    One pose and background window are drawn for the whole tracklet; from frame to frame the
+    walking phase advances by a step drawn from `phase_step` (radians; a gait cycle is 2 pi),
+    and in side views the person walks towards the side they face, 0.1 x their height per
+    radian (two steps of about 0.3 x the height per cycle), with the whole walk centred on
+    the drawn position and scaled down if needed to stay within +-`drift` x the image width.
+    Background, view and camera gain stay; each frame has its own noise and occluder.
+
+    Args:
+      occluded: one flag per frame (the tracklet's length).
+
+    Returns:
+      One `Rendered` per frame, in walking order.
+    """
+    ch, cw = height * SUPERSAMPLE, width * SUPERSAMPLE
+    pose = sample_pose(rng, camera, identity, ch, cw)
+    x0 = int(rng.integers(0, camera.background.shape[1] - cw + 1))
+    steps = rng.uniform(*phase_step, max(len(occluded) - 1, 0))
+    phases = np.concatenate([[0.0], np.cumsum(steps)])
+    walk = (phases - phases.mean()) * 0.1 * pose.height * (pose.facing if pose.side else 0.0)
+    span = np.abs(walk).max(initial=0.0)
+    if span > drift * cw:
+        walk *= drift * cw / span
+    gain = camera.gain * rng.uniform(0.92, 1.08)
+    frames = []
+    for flag, phase, dx in zip(occluded, phases, walk, strict=True):
+        frame_pose = dataclasses.replace(
+            pose, phase=(pose.phase + phase) % (2 * math.pi), center_x=pose.center_x + dx
+        )
+        frames.append(
+            _render_pose(
+                rng, identity, camera, frame_pose, x0, height, width, flag, fraction_range, gain
+            )
+        )
+    return frames
+
+
+def _render_pose(
+    rng: np.random.Generator,
+    identity: Identity,
+    camera: Camera,
+    pose,
+    x0: int,
+    height: int,
+    width: int,
+    occluded: bool,
+    fraction_range: tuple[float, float],
+    gain: float | None = None,
+) -> Rendered:
+    """Renders `pose` over the background window at canvas column `x0`; `gain` None draws
+    the image's own gain from `rng` (after the occluder)."""
+    ch, cw = height * SUPERSAMPLE, width * SUPERSAMPLE
     scene = camera.background[:, x0 : x0 + cw].copy()
     person = Canvas(ch, cw)
     joints = draw_person(person, identity, pose)
@@ -114,7 +183,8 @@ def render_example(
     occ, frac, kind = None, 0.0, ""
     if occluded:
         occ, frac, kind = sample_occluder(rng, person.mask > 0, pose, fraction_range)
-    gain = camera.gain * rng.uniform(0.92, 1.08)
+    if gain is None:
+        gain = camera.gain * rng.uniform(0.92, 1.08)
     noise = rng.normal(0.0, camera.noise, (height, width, 3)).astype(np.float32)
     person.paste_over(scene)
     holistic = _finish(scene, camera, gain, noise, (width, height))
