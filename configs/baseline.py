@@ -153,6 +153,12 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # size (not in the papers; exact metrics either way). On a GPU, device memory.
     config.eval.memory_mib = 256.0
 
+    # --mode=visrank: pictures of the ranked lists (not in the papers; occreid_jax/visrank.py).
+    config.vis = ml_collections.ConfigDict()
+    config.vis.sort = "worst_ap"  # worst_ap | best_ap | index
+    config.vis.num_queries = 20
+    config.vis.top_k = 10
+
     if variant == "synthetic":
         _shrink_for_cpu(config)
     if size == "tiny":

@@ -46,3 +46,30 @@ def parse_arg(arg: str, **defaults: str) -> tuple[str, dict[str, str]]:
             )
         options[key] = value
     return variant, options
+
+
+def configs_dir() -> str:
+    """The folder of the shipped model configs: the installed package `occreid_jax.configs`, or
+    `configs/` of a source checkout."""
+    spec = importlib.util.find_spec("occreid_jax.configs")
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def shipped_configs() -> tuple[str, ...]:
+    """Names of the shipped configs ("baseline", "mat", "pirt")."""
+    folder = configs_dir()
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return tuple(sorted(n[:-3] for n in names if n.endswith(".py") and not n.startswith("_")))
+
+
+def resolve_config_arg(value: str) -> str:
+    """`--config` value -> a config file path: "mat:synthetic" names the shipped `mat.py`
+    (from any directory); a path ("configs/mat.py:synthetic") is returned unchanged."""
+    name, sep, variant = value.partition(":")
+    if name.endswith(".py") or os.sep in name or os.path.exists(name):
+        return value
+    if name not in shipped_configs():
+        return value  # config_flags reports the missing file
+    return os.path.join(configs_dir(), f"{name}.py") + sep + variant

@@ -18,6 +18,7 @@ from occreid_jax import distributed, export, families, pose
 from occreid_jax.data import datasets, heatmap_store, pipeline
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation.features import eval_dataset, evaluate_splits, extract_features
+from occreid_jax.gallery_search import bundle_embedder
 from occreid_jax.run import Run
 from occreid_jax.train_loop import train_and_evaluate
 
@@ -63,35 +64,31 @@ def precompute_heatmaps(config: ml_collections.ConfigDict, workdir: str) -> list
     return roots
 
 
+def load_export(config: ml_collections.ConfigDict, run: Run, export_path: str):
+    """(embed_batch, matching rule, config with the bundle's matching settings) of a bundle.
+
+    An export is evaluated with the matching settings stored with it; with `pose.source`
+    online its heatmaps come from the frozen pose net.
+    """
+    bundle = export.load(export_path)
+    if tuple(bundle.image_size) != tuple(config.data.image_size):
+        raise UserError(
+            f"the export takes {tuple(bundle.image_size)} images but data.image_size is "
+            f"{tuple(config.data.image_size)}; pass --config.data.image_size to match"
+        )
+    config = ml_collections.ConfigDict(config.to_dict())
+    for key, value in bundle.matching.items():
+        config.eval[key] = value
+    embed = bundle_embedder(bundle, run.online_pose_fn)
+    return embed, families.get(bundle.model_name).matching, config
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str, export_path: str = "") -> dict:
     """Evaluates the workdir's latest checkpoint, or an export bundle if `export_path` is set."""
     run = Run(config, workdir)
     if export_path:
-        bundle = export.load(export_path)
-        if tuple(bundle.image_size) != tuple(config.data.image_size):
-            raise UserError(
-                f"the export takes {tuple(bundle.image_size)} images but data.image_size is "
-                f"{tuple(config.data.image_size)}; pass --config.data.image_size to match"
-            )
-
-        # An export is evaluated with the matching settings stored with it.
-        config = ml_collections.ConfigDict(config.to_dict())
-        for key, value in bundle.matching.items():
-            config.eval[key] = value
-        pose_fn = run.online_pose_fn
-
-        def embed(images, heatmaps=None):
-            if pose_fn is not None:
-                heatmaps = pose_fn(images)
-            lead = images.shape[:2]
-            if heatmaps is not None:
-                heatmaps = heatmaps.reshape(-1, *heatmaps.shape[2:])
-            features = bundle.embed_normalized(images.reshape(-1, *images.shape[2:]), heatmaps)
-            return jax.tree.map(lambda x: x.reshape(*lead, *x.shape[1:]), features)
-
-        return evaluate_splits(
-            embed, families.get(bundle.model_name).matching, run.eval_splits, config
-        )
+        embed, matching, config = load_export(config, run, export_path)
+        return evaluate_splits(embed, matching, run.eval_splits, config)
     model, _, state = run.restored_state()  # before the dataset: fail fast without a checkpoint
     return evaluate_splits(run.embedder(model, state), run.family.matching, run.eval_splits, config)
 

@@ -11,6 +11,7 @@ A bundle is a folder with two files:
   features = bundle.embed(images)   # images [B, H, W, 3] RGB 0..255 at bundle.image_size
   features["global"]                # [B, D] float32
   bundle.embed(images, heatmaps)    # pose-guided models (Pirt): heatmaps [B, H/4, W/4, 17]
+  bundle.search("query_dir", "gallery_dir", top_k=10)  # image files of any size
 
 `bundle.matching` holds the matching settings (metric, flip, and a model's own rule such as
 Pirt's top_n / confidence); the family's `MatchingRule` turns the features into distances.
@@ -61,6 +62,19 @@ class Bundle:
     variables: Any
     embed: Callable[[jax.Array], dict]
     embed_normalized: Callable[[jax.Array], dict]
+
+    def embed_files(self, paths, **options):
+        """Features of image files or folders of any size (`gallery_search.embed_files`)."""
+        from occreid_jax import gallery_search
+
+        return gallery_search.embed_files(self, paths, **options)
+
+    def search(self, query_paths, gallery_paths, top_k: int = 10, **options):
+        """Each query's top-k gallery files by the model's matching rule
+        (`gallery_search.search`)."""
+        from occreid_jax import gallery_search
+
+        return gallery_search.search(self, query_paths, gallery_paths, top_k, **options)
 
 
 def write(

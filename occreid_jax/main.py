@@ -4,10 +4,12 @@
   python -m occreid_jax.main --config=configs/baseline.py:synthetic --workdir=runs/demo --mode=eval
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=eval --export=runs/demo/export
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=export [--output=DIR]
+      [--format=jax_export|savedmodel]
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=extract [--output=FILE.npz]
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=heatmaps \
       --config.pose.init=pose_hrnet_w48_256x192.pth
   python -m occreid_jax.main --config=configs/mat.py:synthetic --workdir=runs/mat --mode=visualize
+  python -m occreid_jax.main --config=... --workdir=runs/demo --mode=visrank [--export=DIR]
 
 Any config field can be overridden: --config.train.epochs=2 --config.data.batch_size=32.
 
@@ -31,15 +33,28 @@ from ml_collections import config_flags
 
 from occreid_jax.errors import UserError
 
-MODES = ("train", "eval", "export", "extract", "heatmaps", "visualize")
+MODES = ("train", "eval", "export", "extract", "heatmaps", "visualize", "visrank")
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file and variant, e.g. configs/baseline.py:synthetic.", lock_config=True
+    "config",
+    None,
+    "Config file and variant, e.g. configs/baseline.py:synthetic, or a shipped config by name: "
+    "baseline:synthetic, mat:occluded_duke, pirt:synthetic,size=tiny.",
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, results.json.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
-_EXPORT = flags.DEFINE_string("export", "", "eval: evaluate this export bundle instead.")
+_EXPORT = flags.DEFINE_string(
+    "export", "", "eval, visrank: evaluate this export bundle instead of the checkpoint."
+)
 _OUTPUT = flags.DEFINE_string("output", "", "export: bundle folder; extract: .npz path.")
+_FORMAT = flags.DEFINE_enum(
+    "format",
+    "msgpack",
+    ("msgpack", "jax_export", "savedmodel"),
+    "export: also write the embedding function as jax.export StableHLO or a TF SavedModel "
+    "(loadable without occreid_jax; see occreid_jax/export_formats.py).",
+)
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", "", "Several processes: process 0's host:port, the same everywhere."
 )
@@ -91,8 +106,21 @@ def _run(argv) -> None:
         from occreid_jax import visualize
 
         lines.append(f"visualize: {os.path.dirname(visualize.visualize(config, workdir)[-1])}")
+    elif mode == "visrank":
+        from occreid_jax import visrank
+
+        lines.extend(f"visrank: {page}" for page in visrank.visrank(config, workdir, _EXPORT.value))
     elif mode == "export":
-        lines.append(f"export: {experiment.export_bundle(config, workdir, _OUTPUT.value)}")
+        path = experiment.export_bundle(config, workdir, _OUTPUT.value)
+        if config.pose.init and distributed.is_main_process():  # Pirt: store its pose net too
+            from occreid_jax import bundle_pose
+
+            bundle_pose.write_from_config(path, config)
+        if _FORMAT.value != "msgpack" and distributed.is_main_process():
+            from occreid_jax import export_formats
+
+            path = export_formats.write(path, _FORMAT.value)
+        lines.append(f"export: {path}")
     else:
         lines.append(f"features: {experiment.extract(config, workdir, _OUTPUT.value)}")
     if distributed.is_main_process():  # the other processes computed the same, silently
@@ -105,7 +133,15 @@ def _fail(message: str) -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, with a bad --config (file, variant, override) reported in one line."""
+    """absl flag parsing, with a bad --config (file, variant, override) reported in one line.
+
+    `--config=mat:synthetic` names a shipped config (`config_files.resolve_config_arg`)."""
+    from occreid_jax.config_files import resolve_config_arg
+
+    argv = [
+        f"--config={resolve_config_arg(a[len('--config=') :])}" if a.startswith("--config=") else a
+        for a in argv
+    ]
     try:
         return flags.FLAGS(argv)
     except Exception as error:  # config_flags wraps the config file's own exceptions

@@ -105,3 +105,34 @@ def pirt_embeddings():
         }
 
     return make
+
+
+TINY_BUNDLE_KWARGS = {"num_classes": 6, "backbone": "resnet_tiny", "last_stride": 1}
+TINY_BUNDLE_IMAGE = (64, 32)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory) -> str:
+    """An export bundle of an untrained tiny baseline (64 x 32 inputs), written once per session.
+
+    Its batch statistics are made non-trivial so that normalisation errors would show."""
+    import numpy as np
+
+    from occreid_jax import export, families
+
+    kwargs = dict(TINY_BUNDLE_KWARGS, dtype="float32")
+    model = families.build_model("baseline", **kwargs)
+    images = np.random.default_rng(0).normal(size=(2, *TINY_BUNDLE_IMAGE, 3)).astype("float32")
+    variables = jax.device_get(model.init(jax.random.PRNGKey(0), images, train=False))
+    rng = np.random.default_rng(1)
+    variables["batch_stats"] = jax.tree.map(
+        lambda x: x + rng.uniform(0, 0.1, x.shape).astype(x.dtype), variables["batch_stats"]
+    )
+    return export.write(
+        str(tmp_path_factory.mktemp("bundle") / "export"),
+        model_name="baseline",
+        model_kwargs=kwargs,
+        variables=variables,
+        image_size=TINY_BUNDLE_IMAGE,
+        matching={"metric": "cosine", "flip": True},
+    )

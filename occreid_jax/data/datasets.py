@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -69,9 +71,60 @@ def default_data_dir(data_dir: str) -> str:
     return os.path.expanduser(data_dir or os.path.join("~", "tensorflow_datasets"))
 
 
+@dataclasses.dataclass(frozen=True)
+class RegisteredDataset:
+    """A dataset added with `register_dataset`.
+
+    Attributes:
+      prepare: `(builder_config, data_dir, manual_dir, strict) -> tfds builder`, prepared (its
+        splits hold the features image, pid, camid, label, filename; see `load_split`).
+      eval_sets: row name -> (query split, gallery split); None: one row, query vs gallery.
+    """
+
+    prepare: Callable[[str, str, str, bool], Any]
+    eval_sets: dict[str, tuple[str, str]] | None = None
+
+
+# Datasets beyond the synthetic benchmark and REAL_DATASETS, by `config.data.name`.
+REGISTERED: dict[str, RegisteredDataset] = {}
+
+
+def register_dataset(
+    name: str,
+    prepare: Callable[[str, str, str, bool], Any],
+    eval_sets: dict[str, tuple[str, str]] | None = None,
+) -> None:
+    """Makes `config.data.name = name` (and `data.test_name`) read the dataset `prepare` builds.
+
+    Args:
+      name: the dataset's name in configs.
+      prepare: `(builder_config, data_dir, manual_dir, strict) -> prepared tfds builder`;
+        `data_dir` is already expanded (default ~/tensorflow_datasets).
+      eval_sets: evaluation rows, row name -> (query split, gallery split); default one row.
+    """
+    if name == "synthetic" or name in REAL_DATASETS:
+        raise ValueError(f"{name!r} is a built-in dataset; register the new one by another name")
+    REGISTERED[name] = RegisteredDataset(prepare, eval_sets)
+
+
+def _prepare_folder(builder_config: str, data_dir: str, manual_dir: str, strict: bool):
+    del builder_config
+    from occreid_jax.data import folder
+
+    return folder.prepare(manual_dir, data_dir, strict)
+
+
+register_dataset("folder", _prepare_folder)
+
+
 def eval_sets(dataset: str) -> dict[str, tuple[str, str]]:
     """Named (query split, gallery split) pairs evaluated for `dataset`."""
-    return SYNTHETIC_EVAL_SETS if dataset == "synthetic" else {dataset: ("query", "gallery")}
+    if dataset == "synthetic":
+        return SYNTHETIC_EVAL_SETS
+    registered = REGISTERED.get(dataset)
+    if registered is not None and registered.eval_sets:
+        return dict(registered.eval_sets)
+    return {dataset: ("query", "gallery")}
 
 
 def prepare(
@@ -80,12 +133,17 @@ def prepare(
     """Returns a prepared tfds builder for `dataset`, building it on first use.
 
     Args:
-      dataset: "synthetic" or a name in REAL_DATASETS.
+      dataset: "synthetic", a name in REAL_DATASETS, or one added by `register_dataset`
+        ("folder": your own folder, `data/folder.py`).
       builder_config: tfds builder config name; "" for the dataset's default.
       data_dir: where tfds keeps prepared datasets ("" = ~/tensorflow_datasets).
       manual_dir: the user's copy of a real dataset.
       strict: fail instead of warning when split sizes differ from the published ones.
     """
+    if dataset in REGISTERED:
+        return REGISTERED[dataset].prepare(
+            builder_config, default_data_dir(data_dir), manual_dir, strict
+        )
     if dataset == "synthetic":
         from occreid_jax.data.synthetic import builder as synthetic_builder
 
@@ -107,9 +165,8 @@ def prepare(
             builder_config=builder_config or None,
             strict=strict,
         )
-    raise UserError(
-        f"unknown dataset {dataset!r}; use 'synthetic' or one of {', '.join(REAL_DATASETS)}"
-    )
+    known = ["synthetic", *REAL_DATASETS, *REGISTERED]
+    raise UserError(f"unknown dataset {dataset!r}; use one of {', '.join(known)}")
 
 
 def load_split(builder, split: str, with_heatmaps: bool = True) -> Split:

@@ -3,8 +3,10 @@
     python -m occreid_jax.data.prepare market1501 --manual-dir /data/Market-1501-v15.09.15
     python -m occreid_jax.data.prepare msmt17 --manual-dir /data --config v2 --strict
     python -m occreid_jax.data.prepare occluded_reid --manual-dir /data --json
+    python -m occreid_jax.data.prepare folder --manual-dir my_folder   # your own (data/folder.py)
 
-Names: market1501, dukemtmc, occluded_duke, msmt17, occluded_reid, partial_reid, partial_ilids.
+Names: market1501, dukemtmc, occluded_duke, msmt17, occluded_reid, partial_reid, partial_ilids,
+and folder (your own folder) or any name added by `datasets.register_dataset`.
 The build (with a progress bar) happens once per --data-dir; later runs reuse it. Without
 --json it prints a table of images, identities and cameras per split; with --json exactly
 `{"train": {"images": n, "ids": n, "cams": n}, "query": {...}, "gallery": {...}}` on stdout
@@ -25,21 +27,15 @@ import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from occreid_jax.errors import UserError  # noqa: E402
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of usage + message
-        print(f"error: {message}; see --help", file=sys.stderr)
-        sys.exit(2)
+from occreid_jax.errors import OneLineArgumentParser, UserError  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineArgumentParser(
         prog="python -m occreid_jax.data.prepare",
         description="Build a tfds dataset from your copy of a Re-ID benchmark.",
     )
-    parser.add_argument("name", help="market1501, dukemtmc, occluded_duke, msmt17, ...")
+    parser.add_argument("name", help="market1501, dukemtmc, occluded_duke, msmt17, ..., folder")
     parser.add_argument(
         "--manual-dir", default="", help="your copy: the dataset folder or its parent"
     )
@@ -80,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from absl import logging
 
-    from occreid_jax.data import reid_builders
+    from occreid_jax.data import datasets, reid_builders
 
     logging.set_verbosity(logging.WARNING)  # tfds logs every file at INFO
     chatter = io.StringIO()  # tfds prints to stdout; keep stdout for the result
@@ -89,13 +85,18 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always", reid_builders.CorruptImageWarning)
             warnings.simplefilter("always", reid_builders.SizeMismatchWarning)
             warnings.showwarning = _show_warning
-            builder = reid_builders.prepare(
-                args.name,
-                manual_dir=args.manual_dir or None,
-                data_dir=args.data_dir or None,
-                builder_config=args.config or None,
-                strict=args.strict,
-            )
+            if args.name in datasets.REGISTERED:  # e.g. folder: your own folder
+                builder = datasets.prepare(
+                    args.name, args.config, args.data_dir, args.manual_dir, args.strict
+                )
+            else:
+                builder = reid_builders.prepare(
+                    args.name,
+                    manual_dir=args.manual_dir or None,
+                    data_dir=args.data_dir or None,
+                    builder_config=args.config or None,
+                    strict=args.strict,
+                )
             summary = reid_builders.split_summary(builder)
             skipped = reid_builders.skipped_images(builder)
     except UserError as error:

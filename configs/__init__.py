@@ -1,0 +1,1 @@
+"""The model configs, installed as the package `occreid_jax.configs` (see setup.py)."""
