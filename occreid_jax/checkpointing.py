@@ -12,14 +12,70 @@ one every host sees.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from typing import Any
 
 import flax.serialization
 import jax
 import orbax.checkpoint as ocp
 
+from occreid_jax import distributed
 from occreid_jax.errors import UserError
+
+# Markers of a failed read (tensorstore and orbax status words, JSON decoding), as opposed to a
+# tree that does not fit the model.
+READ_ERROR_MARKERS = (
+    "OUT_OF_RANGE", "DATA_LOSS", "NOT_FOUND", "Error reading", "No such file",
+    "Unterminated", "Expecting", "corrupt", "checksum", "truncated", "Unexpected end",
+)  # fmt: skip
+_WARNED: set[tuple[str, int]] = set()  # (directory, step): each broken step is named once
+
+
+class Unreadable(Exception):
+    """A checkpoint step whose files cannot be read (missing, truncated, bad JSON)."""
+
+
+def is_read_error(error: BaseException) -> bool:
+    """Whether `error` (or what caused it) is a failed read rather than a model mismatch."""
+    while error is not None:
+        if isinstance(error, OSError | EOFError | json.JSONDecodeError):
+            return True
+        if any(marker in str(error) for marker in READ_ERROR_MARKERS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _quiet_closed_loop() -> None:
+    """Silences the "Event loop is closed" callbacks a failed orbax read leaves behind.
+
+    When one array of a restore fails to read, orbax gives up on the step and closes its event
+    loop while tensorstore's other reads are still in flight; their completion callbacks then
+    raise in threads (printed as tracebacks, harmless). Only that exact error is dropped.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "quiet_closed_loop", False):
+        return
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.quiet_closed_loop = True
+    sys.unraisablehook = hook
+
+
+def one_line(error: BaseException, limit: int = 160) -> str:
+    """The first line of an error message, cut at a word boundary to at most `limit` chars."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    line = lines[0]
+    if len(line) <= limit:
+        return line
+    return line[: line.rfind(" ", 0, limit)].rstrip(" ,;:") + " ..."
 
 
 class Checkpointer:
@@ -52,13 +108,13 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def saved_signature(self) -> dict | None:
-        """The model signature stored with the latest checkpoint, or None without one."""
-        step = self.latest_step()
-        if step is None:
-            return None
-        return self._manager.restore(
-            step, args=ocp.args.Composite(signature=ocp.args.JsonRestore())
-        ).signature
+        """The model signature of the newest readable checkpoint, or None without one."""
+        for step in self._newest_first():
+            try:
+                return self._read_signature(step)
+            except Unreadable as error:
+                self._warn(step, error)
+        return None
 
     def save(self, step: int, state: Any) -> None:
         """Saves `state` (any flax-serialisable pytree, e.g. a TrainState) at `step`.
@@ -76,12 +132,44 @@ class Checkpointer:
             force=True,
         )
 
-    def restore_latest(self, state: Any) -> Any:
-        """Returns `state` filled from the latest checkpoint, or `state` itself if there is none."""
-        step = self.latest_step()
-        if step is None:
-            return state
-        saved = self._with_defaults(self.saved_signature())
+    def restore_latest(self, state: Any, set_aside_broken: bool = False) -> Any:
+        """Returns `state` filled from the newest intact checkpoint, or `state` itself if none.
+
+        A checkpoint that cannot be read (a truncated or missing file) is skipped with a
+        one-line warning naming its step; with `set_aside_broken` (training, which saves that
+        step again) its folder is renamed `<step>.broken`. A checkpoint of another model is a
+        `UserError`, as is a folder whose every checkpoint is unreadable.
+        """
+        steps = self._newest_first()
+        for step in steps:
+            try:
+                restored = self._restore_step(step, state)
+            except Unreadable as error:
+                self._warn(step, error)
+                if set_aside_broken:
+                    self._set_aside(step)
+                continue
+            return restored
+        if steps:
+            raise UserError(
+                f"no checkpoint in {self.directory} can be read (steps {steps} are broken); "
+                "use a new --workdir, or move the broken step folders away"
+            )
+        return state
+
+    def _newest_first(self) -> list[int]:
+        return sorted(self._manager.all_steps(), reverse=True)
+
+    def _read_signature(self, step: int) -> dict:
+        try:
+            return self._manager.restore(
+                step, args=ocp.args.Composite(signature=ocp.args.JsonRestore())
+            ).signature
+        except Exception as error:
+            raise Unreadable(one_line(error)) from error
+
+    def _restore_step(self, step: int, state: Any) -> Any:
+        saved = self._with_defaults(self._read_signature(step))
         if saved != self.signature:
             differences = sorted(
                 k for k in set(saved) | set(self.signature) if saved.get(k) != self.signature.get(k)
@@ -98,12 +186,36 @@ class Checkpointer:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
             ).state
-        except (ValueError, KeyError) as error:
+        except Exception as error:
+            if is_read_error(error):
+                _quiet_closed_loop()
+                raise Unreadable(one_line(error)) from error
             raise UserError(
                 f"the checkpoint at step {step} in {self.directory} does not fit this model "
-                f"({str(error).splitlines()[0][:200]}); use a new --workdir"
+                f"({one_line(error)}); use a new --workdir"
             ) from error
         return flax.serialization.from_state_dict(state, restored)
+
+    def _warn(self, step: int, error: Exception) -> None:
+        key = (self.directory, step)
+        if key in _WARNED or not distributed.is_main_process():
+            return
+        _WARNED.add(key)
+        print(
+            f"warning: skipping the unreadable checkpoint at step {step} in {self.directory} "
+            f"({error})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _set_aside(self, step: int) -> None:
+        """Renames a broken step folder so that the step can be saved again (process 0)."""
+        if distributed.is_main_process():
+            folder = os.path.join(self.directory, str(step))
+            if os.path.isdir(folder):
+                os.replace(folder, f"{folder}.broken")
+        distributed.barrier("set aside a broken checkpoint")
+        self._manager.reload()
 
     def _with_defaults(self, saved: dict) -> dict:
         """`saved` with the model arguments it predates set to their defaults."""

@@ -7,6 +7,8 @@ layout, the optimiser and the metrics.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import ml_collections
 
@@ -35,20 +37,60 @@ POSITIVE_FIELDS = (
     ("data", "eval_batch_size"),
 )
 OPTIONAL_FIELDS = ("steps_per_epoch", "query_chunk")
+# Real-valued fields: (section, name, low, high, low is allowed); each must be finite, at least
+# `low` (above it when not allowed) and at most `high`. Fields a config lacks are skipped; every
+# loss.*_weight must also be >= 0.
+INF = float("inf")
+FLOAT_FIELDS = (
+    ("train", "lr", 0.0, INF, False),
+    ("train", "weight_decay", 0.0, INF, True),
+    ("train", "momentum", 0.0, 1.0, True),
+    ("train", "warmup_epochs", 0.0, INF, True),
+    ("train", "warmup_factor", 0.0, 1.0, True),
+    ("train", "cosine_start_epoch", 0.0, INF, True),
+    ("train", "final_lr", 0.0, INF, True),
+    ("train", "gamma", 0.0, INF, False),
+    ("loss", "label_smoothing", 0.0, 1.0, True),
+    ("loss", "triplet_margin", 0.0, INF, True),
+    ("data", "flip_prob", 0.0, 1.0, True),
+    ("data", "erasing_prob", 0.0, 1.0, True),
+    ("eval", "aqe_alpha", 0.0, INF, True),
+)
 PAIR_EXAMPLES = {"image_size": (256, 128), "adam_betas": (0.9, 0.999)}
 
 
+def check_floats(config: ml_collections.ConfigDict) -> None:
+    """The real-valued fields of `FLOAT_FIELDS`, every loss weight and the Adam betas."""
+    fields = list(FLOAT_FIELDS)
+    fields += [("loss", k, 0.0, INF, True) for k in config.loss if k.endswith("_weight")]
+    fields += [("train", "adam_betas", 0.0, 1.0, True)]
+    for section, name, low, high, low_allowed in fields:
+        values = config[section].get(name)
+        for value in values if isinstance(values, tuple | list) else (values,):
+            if value is None or isinstance(value, str):
+                continue  # a type the config declares otherwise is refused by the flag parser
+            inside = math.isfinite(value) and (value > low or (low_allowed and value == low))
+            if not (inside and value <= high):
+                bounds = f"a finite number {'>=' if low_allowed else '>'} {low:g}" + (
+                    f" and <= {high:g}" if high < INF else ""
+                )
+                raise UserError(
+                    f"{section}.{name}={values!r} must be {bounds}; set --config.{section}.{name}"
+                )
+
+
 def check_numbers(config: ml_collections.ConfigDict) -> None:
-    """Positive integers, pairs, the evaluation memory budget and the device split."""
+    """Positive integers, real ranges, pairs, the evaluation memory budget, the device split."""
     for section, name in POSITIVE_FIELDS:
         value = config[section][name]
         if value is None and name in OPTIONAL_FIELDS:
             continue
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(
                 f"{section}.{name}={value!r} must be a positive integer; "
                 f"set --config.{section}.{name}"
             )
+    check_floats(config)
     for section, name in (("data", "image_size"), ("train", "adam_betas")):
         if len(config[section][name]) != 2:
             raise UserError(

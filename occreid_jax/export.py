@@ -23,6 +23,8 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +38,8 @@ from occreid_jax.data import IMAGENET_MEAN, IMAGENET_STD
 from occreid_jax.errors import UserError
 
 FORMAT = "occreid_jax.export/1"
+DESCRIPTION, VARIABLES = "model.json", "variables.msgpack"
+DESCRIPTION_KEYS = ("model", "model_kwargs", "image_size", "mean", "std", "matching")
 
 
 @dataclasses.dataclass
@@ -86,8 +90,17 @@ def write(
     image_size: tuple[int, int],
     matching: dict,
 ) -> str:
-    """Writes a bundle folder at `path` and returns the path."""
-    os.makedirs(path, exist_ok=True)
+    """Writes a bundle folder at `path` and returns the path.
+
+    Atomic: the files go to a temporary folder beside `path`, renamed into place once
+    complete, so an interrupted export never leaves a half-written bundle (an older bundle at
+    `path` stays whole until the new one replaces it).
+    """
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{path} is a file, not a bundle folder; choose another --output")
+    os.makedirs(parent, exist_ok=True)
     description = {
         "format": FORMAT,
         "model": model_name,
@@ -98,35 +111,130 @@ def write(
         "matching": matching,
     }
     variables = jax.device_get(flax.serialization.to_state_dict(variables))
-    with open(os.path.join(path, "variables.msgpack"), "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(variables))
-    with open(os.path.join(path, "model.json"), "w") as f:
-        json.dump(description, f, indent=2)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's folder is private; a bundle is not
+    try:
+        with open(os.path.join(staging, VARIABLES), "wb") as f:
+            f.write(flax.serialization.msgpack_serialize(variables))
+        with open(os.path.join(staging, DESCRIPTION), "w") as f:
+            json.dump(description, f, indent=2)
+        old = None
+        if os.path.isdir(path):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old.", dir=parent)
+            os.replace(path, os.path.join(old, "bundle"))
+        os.replace(staging, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return path
 
 
 def _read_description(path: str) -> dict:
-    description_file = os.path.join(path, "model.json")
+    description_file = os.path.join(path, DESCRIPTION)
     if not os.path.isfile(description_file):
         raise UserError(
-            f"{path} is not an export bundle (no model.json); write one with --mode=export"
+            f"{path} is not an export bundle (no {DESCRIPTION}); write one with --mode=export"
         )
-    with open(description_file) as f:
-        description = json.load(f)
-    if description.get("format") != FORMAT:
+    try:
+        with open(description_file) as f:
+            description = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(
-            f"{path} holds bundle format {description.get('format')!r}, this version reads "
+            f"{description_file} is not valid JSON ({error}); re-export the bundle"
+        ) from None
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        found = description.get("format") if isinstance(description, dict) else None
+        raise UserError(
+            f"{path} holds bundle format {found!r}, this version reads "
             f"{FORMAT!r}; re-export it with this version"
         )
+    missing = [key for key in DESCRIPTION_KEYS if key not in description]
+    if missing:
+        raise UserError(f"{description_file} lacks {', '.join(missing)}; re-export the bundle")
     return description
 
 
+def _read_variables(path: str) -> dict:
+    variables_file = os.path.join(path, VARIABLES)
+    if not os.path.isfile(variables_file):
+        raise UserError(f"{path} has no {VARIABLES}; re-export the bundle with --mode=export")
+    with open(variables_file, "rb") as f:
+        data = f.read()
+    try:
+        variables = flax.serialization.msgpack_restore(data)
+    except Exception as error:  # msgpack raises several types for cut or foreign data
+        raise UserError(
+            f"{variables_file} is truncated or not a flax msgpack file "
+            f"({type(error).__name__}); re-export the bundle"
+        ) from None
+    if not isinstance(variables, dict) or "params" not in variables:
+        raise UserError(f"{variables_file} holds no params; re-export the bundle")
+    return variables
+
+
+def _check_shapes(path: str, model, image_size: tuple[int, int], variables: dict) -> None:
+    """Every saved array against the model's own (abstract) initialisation."""
+    height, width = image_size
+    images = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
+    heatmaps = jax.ShapeDtypeStruct((1, height // 4, width // 4, 17), jnp.float32)
+    expected = jax.eval_shape(
+        functools.partial(model.init, train=False), jax.random.PRNGKey(0), images, heatmaps=heatmaps
+    )
+    expected = flax.serialization.to_state_dict(expected)
+    want = {k: v.shape for k, v in _flat(expected).items() if k[0] in variables}
+    got = {k: np.shape(v) for k, v in _flat(variables).items()}
+    wrong = [k for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]
+    if wrong:
+        first = wrong[0]
+        raise UserError(
+            f"the arrays in {path} do not fit the model its {DESCRIPTION} describes "
+            f"({len(wrong)} differ, e.g. {'/'.join(first)}: saved {got.get(first)}, "
+            f"model {want.get(first)}); re-export the bundle"
+        )
+
+
+def _flat(tree: Any, prefix: tuple = ()) -> dict:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, (*prefix, key)).items()}
+    return {prefix: tree}
+
+
+def _checked(fn: Callable, image_size: tuple[int, int]) -> Callable:
+    """`fn(images, heatmaps=None)` that first checks the images are [B, H, W, 3] at the size."""
+
+    @functools.wraps(fn)
+    def embed(images, heatmaps=None):
+        shape = tuple(np.shape(images))
+        if len(shape) != 4 or shape[1:] != (*image_size, 3):
+            raise UserError(
+                f"the bundle embeds [B, {image_size[0]}, {image_size[1]}, 3] images, got "
+                f"{list(shape)}; resize the images to {image_size[0]} x {image_size[1]}"
+            )
+        return fn(images, heatmaps)
+
+    return embed
+
+
 def load(path: str) -> Bundle:
-    """Loads a bundle written by `write` (or `--mode=export`) and jits its embedding function."""
+    """Loads a bundle written by `write` (or `--mode=export`) and jits its embedding function.
+
+    Raises:
+        UserError: a missing or unreadable file, or saved arrays that do not fit the model.
+    """
     description = _read_description(path)
-    with open(os.path.join(path, "variables.msgpack"), "rb") as f:
-        variables = flax.serialization.msgpack_restore(f.read())
-    model = families.build_model(description["model"], **description["model_kwargs"])
+    variables = _read_variables(path)
+    try:
+        model = families.build_model(description["model"], **description["model_kwargs"])
+    except TypeError as error:
+        raise UserError(
+            f"{os.path.join(path, DESCRIPTION)} has bad model_kwargs ({error}); re-export it"
+        ) from None
+    image_size = tuple(description["image_size"])
+    _check_shapes(path, model, image_size, variables)
     mean = jnp.asarray(description["mean"], jnp.float32)
     std = jnp.asarray(description["std"], jnp.float32)
 
@@ -144,13 +252,13 @@ def load(path: str) -> Bundle:
         return apply_normalized(variables, normalized, heatmaps)
 
     variables = jax.device_put(variables)
-    embed_normalized = functools.partial(apply_normalized, variables)
-    embed = functools.partial(apply_pixels, variables)
+    embed_normalized = _checked(functools.partial(apply_normalized, variables), image_size)
+    embed = _checked(functools.partial(apply_pixels, variables), image_size)
 
     return Bundle(
         model_name=description["model"],
         model_kwargs=description["model_kwargs"],
-        image_size=tuple(description["image_size"]),
+        image_size=image_size,
         matching=description["matching"],
         variables=jax.tree.map(np.asarray, variables),
         embed=embed,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 # TensorFlow only runs tf.data here. Its oneDNN kernels print a notice at import and make
 # float results depend on the CPU; neither is wanted for image decoding and augmentation.
@@ -33,6 +34,7 @@ from ml_collections import config_flags
 
 from occreid_jax.errors import UserError
 
+_PYTHON_SHOW_WARNING = warnings.showwarning
 MODES = ("train", "eval", "export", "extract", "heatmaps", "visualize", "visrank")
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -68,8 +70,19 @@ _DISTRIBUTED = flags.DEFINE_bool(
 )
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The project's own warnings as one line each (`warning: ...`); others as Python shows."""
+    if category.__module__.startswith("occreid_jax"):
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: {message}", file=sys.stderr)  # on its own line, above any bar
+    else:
+        _PYTHON_SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
 def _run(argv) -> None:
     del argv
+    warnings.showwarning = _show_warning
     # orbax and tfds log every checkpoint and file at INFO; keep the terminal for progress.
     logging.set_verbosity(logging.WARNING)
     try:
@@ -145,8 +158,50 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except Exception as error:  # config_flags wraps the config file's own exceptions
-        _fail(f"bad command line: {_last_line(error)}")
+        unknown = _unknown_field(argv)
+        _fail(unknown or f"bad command line: {_last_line(error)}")
     return []
+
+
+def _unknown_field(argv: list[str]) -> str | None:
+    """`unknown config field train.learning_rate; did you mean train.lr?`, or None.
+
+    Loads the --config file itself and looks up every --config.PATH override in it.
+    """
+    import difflib
+
+    from occreid_jax.config_files import load_config_file
+
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        return None
+    path, _, arg = spec.partition(":")
+    try:
+        config = (
+            load_config_file(path).get_config(arg) if arg else load_config_file(path).get_config()
+        )
+    except Exception:  # the file itself is bad: the generic message says why
+        return None
+    for flag in argv:
+        if not flag.startswith("--config."):
+            continue
+        names = flag[len("--config.") :].split("=", 1)[0].split(".")
+        node = config
+        for depth, name in enumerate(names):
+            parent = ".".join(names[:depth])
+            if not hasattr(node, "keys"):
+                return f"config field {parent} is a value, not a group; set --config.{parent}=VALUE"
+            fields = list(node.keys())
+            if name not in fields:
+                close = difflib.get_close_matches(name, fields, n=1)
+                hint = (
+                    f"; did you mean {'.'.join([*names[:depth], close[0]])}?"
+                    if close
+                    else (f"; the {parent or 'top-level'} fields are {', '.join(fields)}")
+                )
+                return f"unknown config field {'.'.join(names[: depth + 1])}{hint}"
+            node = node[name]
+    return None
 
 
 def _last_line(error: Exception) -> str:

@@ -36,6 +36,36 @@ class MetricsLog:
             self._tf = tf
             self._writer = tf.summary.create_file_writer(os.path.join(workdir, "tb"))
 
+    def records(self) -> list[dict]:
+        """Every record written so far (an empty list when disabled or without a file)."""
+        if not self.enabled or not os.path.exists(self.path):
+            return []
+        records = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut short by a killed process
+                    continue
+        return records
+
+    def forget_after(self, step: int, kinds_at_step: tuple[str, ...] = ()) -> None:
+        """Drops the records after `step` (and those of `kinds_at_step` at it): a run resumed
+        from a checkpoint at `step` writes them again, so every step appears once."""
+        if not self.enabled:
+            return
+        records = self.records()
+
+        def keep(record: dict) -> bool:
+            at = record.get("step", 0)
+            return at < step or (at == step and record.get("kind") not in kinds_at_step)
+
+        kept = [r for r in records if keep(r)]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(tmp, self.path)
+
     def write(self, kind: str, step: int, values: dict) -> None:
         """Records `values` (scalars, or nested dicts of scalars) of one `kind` at `step`."""
         if not self.enabled:

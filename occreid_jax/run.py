@@ -40,6 +40,8 @@ class Run:
         check_config(config)
         self.config = config
         self.workdir = os.path.abspath(workdir)
+        if workdir and os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+            raise UserError(f"--workdir={workdir} is a file, not a folder; choose another path")
         self.num_devices = jax.device_count()  # of all processes
         self.family = families.get(config.model.name)
 
@@ -121,7 +123,10 @@ class Run:
     def saved_num_classes(self) -> int:
         """Number of training identities recorded in the workdir's latest checkpoint."""
         probe = Checkpointer(os.path.join(self.workdir, "checkpoints"), {})
-        saved = probe.saved_signature()
+        try:
+            saved = probe.saved_signature()
+        finally:
+            probe.close()
         if saved is None:
             raise UserError(
                 f"no checkpoint in {self.workdir}/checkpoints; train first "
@@ -136,8 +141,10 @@ class Run:
         state = create_train_state(
             model, tx, jax.random.PRNGKey(self.config.seed), self.config.data.image_size
         )
-        state = checkpointer.restore_latest(state)
-        checkpointer.close()
+        try:
+            state = checkpointer.restore_latest(state)
+        finally:
+            checkpointer.close()  # on every path: an open manager's threads outlive the error
         return model, kwargs, replicate(state)
 
     def embedder(self, model, state):

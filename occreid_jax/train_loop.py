@@ -3,7 +3,8 @@
 It resumes from the workdir's latest checkpoint, logs metrics every `train.log_every_steps`
 (metrics.jsonl, TensorBoard), saves every `train.checkpoint_every_steps` and at evaluation
 steps, evaluates every `train.eval_every_epochs` and at the end, and keeps results.json (the
-latest evaluation and its history). Ctrl-C saves a checkpoint before it exits.
+latest evaluation and its history). Ctrl-C saves a checkpoint before it exits; a diverging
+loss stops the run before anything is saved (`divergence.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 from tqdm import tqdm
 
 from occreid_jax import distributed, flow_probe, optim, pose
@@ -22,6 +24,7 @@ from occreid_jax.data import pipeline
 from occreid_jax.data.device_prefetch import prefetch_to_devices
 from occreid_jax.data.sampler import IdentitySampler
 from occreid_jax.distributed import replicate
+from occreid_jax.divergence import DivergenceGuard
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation.features import evaluate_splits
 from occreid_jax.metrics_log import MetricsLog
@@ -67,8 +70,9 @@ class _Record:
             self.data.setdefault("parts", {})[str(step)] = report
         self.data[key] = results
         epoch = step / self.steps_per_epoch
-        if key == "results":
-            self.data["history"].append({"step": step, "epoch": epoch, **results})
+        if key == "results":  # a resumed run redoes the evaluations after its checkpoint
+            history = [h for h in self.data["history"] if h["step"] < step]
+            self.data["history"] = [*history, {"step": step, "epoch": epoch, **results}]
         self.data.update(step=step, epoch=epoch, total_steps=self.total_steps)
         if self.main_process:
             _write_json(self.path, self.data)
@@ -103,9 +107,13 @@ def _initial_state(run: Run, model, tx, checkpointer):
     state = create_train_state(
         train_model, tx, jax.random.PRNGKey(config.seed), config.data.image_size
     )
-    if checkpointer.latest_step() is None:  # a resumed run takes every weight from its checkpoint
-        state = init_backbone(state, config)
-    return replicate(checkpointer.restore_latest(state))
+    try:
+        if checkpointer.latest_step() is None:  # a resumed run takes every weight from it
+            state = init_backbone(state, config)
+        return replicate(checkpointer.restore_latest(state, set_aside_broken=True))
+    except BaseException:
+        checkpointer.close()  # on every error path: an open manager's threads outlive it
+        raise
 
 
 def _step_function(run: Run):
@@ -169,6 +177,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log = MetricsLog(run.workdir, enabled=main_process)
     record = _Record(run, model, log, steps_per_epoch, total_steps)
     record.part_report = _part_reporter(run, model, train_split)
+    redo_eval = record.is_eval_step(start_step) and record.data.get("step") != start_step
+    log.forget_after(start_step, ("eval", "parts") if redo_eval else ())  # each step once
+    guard = DivergenceGuard(_start_loss(log))
     if main_process:
         print(
             f"training {config.model.name} ({kwargs.get('backbone', '')}) on {config.data.name}: "
@@ -193,14 +204,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         if start_step == 0 and config.train.eval_at_start:
             record.data["untrained"] = record.evaluate(state, 0, key="untrained")
-        if record.is_eval_step(start_step) and record.data.get("step") != start_step:
+        if redo_eval:
             record.evaluate(state, start_step)  # the evaluation an interrupted run did not finish
         while step < total_steps:
             state, metrics = p_step(state, next(batches), pose_variables)
             step += 1
             window_images += config.data.batch_size
             progress.dispatched(metrics["loss"])
-            if step % config.train.log_every_steps == 0 or step == total_steps:
+            saves = step % config.train.checkpoint_every_steps == 0 or record.is_eval_step(step)
+            logs = step % config.train.log_every_steps == 0 or step == total_steps
+            if logs or saves:  # before anything is written: a diverged state is never saved
+                loss = float(jax.device_get(metrics["loss"])[0])
+                guard.check(step, loss, float(schedule(step - 1)), checkpointer.latest_step())
+            if logs:
                 metrics = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
                 elapsed = time.perf_counter() - window_start
                 metrics["images_per_sec"] = window_images / max(elapsed, 1e-9)
@@ -208,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 log.write("train", step, metrics)
                 progress.note(loss=f"{metrics['loss']:.3f}")
                 window_start, window_images = time.perf_counter(), 0
-            if step % config.train.checkpoint_every_steps == 0 or record.is_eval_step(step):
+            if saves:
                 checkpointer.save(step, state)
             if record.is_eval_step(step):
                 progress.drain()
@@ -218,6 +234,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     tqdm.write(f"epoch {step // steps_per_epoch}: " + _short(results))
         progress.drain()
     except KeyboardInterrupt:
+        if step > start_step:  # the Ctrl-C save is checked like any other save
+            loss = float(np.asarray(jax.device_get(metrics["loss"])).reshape(-1)[0])
+            guard.check(step, loss, float(schedule(step - 1)), checkpointer.latest_step())
         _save_on_interrupt(run, checkpointer, step, state)
     finally:
         bar.close()
@@ -245,6 +264,14 @@ def _save_on_interrupt(run: Run, checkpointer, step: int, state) -> None:
         f"interrupted at step {step}; saved a checkpoint in {run.workdir}/checkpoints, "
         "rerun the same command to resume"
     ) from None
+
+
+def _start_loss(log: MetricsLog) -> float | None:
+    """The run's first logged training loss (process 0's metrics.jsonl, shared), or None."""
+    first = None
+    if distributed.is_main_process():
+        first = next((r.get("loss") for r in log.records() if r.get("kind") == "train"), None)
+    return distributed.broadcast_json(first)
 
 
 def _short(results: dict) -> str:

@@ -15,7 +15,7 @@ MAT = "--config=configs/mat.py:synthetic"
     ("args", "expected"),
     [
         (["--config=configs/baseline.py:nope"], "unknown variant nope"),
-        ([SYNTHETIC, "--config.train.epochz=3"], 'Did you mean "epochs"'),
+        ([SYNTHETIC, "--config.train.epochz=3"], "unknown config field train.epochz; did you mean"),
         (["--config=configs/missing.py"], "No such file or directory: configs/missing.py"),
         ([SYNTHETIC, "--config.data.batch_size=30"], "not divisible by devices x K"),
         ([SYNTHETIC, "--config.train.optimizer=adamw"], "unknown train.optimizer"),

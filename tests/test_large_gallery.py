@@ -136,8 +136,9 @@ def test_a_distance_block_on_a_device_is_ranked_like_on_the_host():
     q_camids, g_camids = rng.integers(0, 3, 30), rng.integers(0, 3, 200)
     gallery = ranking.GalleryIndex.build(g_pids, g_camids)
     pairs = ranking.BlockPairs.build(q_pids, q_camids, gallery)
-    vals, counts = device.rank_given_block(jnp.asarray(dist), pairs)
-    got = ranking.finish_block(pairs, vals, counts[~pairs.junk])
+    vals, smaller, smaller_equal = device.rank_given_block(jnp.asarray(dist), pairs)
+    pos = ~pairs.junk
+    got = ranking.finish_block(pairs, vals, smaller[pos], smaller_equal[pos])
     expected = ranking.rank_block(dist, q_pids, q_camids, gallery)
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b)

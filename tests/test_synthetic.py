@@ -60,6 +60,13 @@ def test_train_and_test_identities_are_disjoint_and_gallery_has_distractors(tiny
     assert gallery - query  # distractors: gallery people nobody looks for
 
 
+def test_the_gallery_is_stored_shuffled(tiny):
+    """Not grouped by identity, so no tie order can leak the labels (evaluation/ties.py)."""
+    pids = [int(e["pid"]) for e in tiny["gallery"]]
+    changes = sum(a != b for a, b in zip(pids, pids[1:], strict=False))
+    assert changes > len(set(pids))  # grouped storage changes id len(set) - 1 times
+
+
 def test_train_labels_are_contiguous_in_sorted_pid_order(tiny):
     pairs = {(int(e["pid"]), int(e["label"])) for e in tiny["train"]}
     pids = sorted(p for p, _ in pairs)

@@ -2,15 +2,15 @@
 
 The distance matrix of a large gallery never exists: queries are taken in blocks of R rows,
 and when R whole gallery rows would not fit the budget, the gallery is cut into tiles of T
-entries. Every tile is ranked as soon as it is computed (see `ranking.count_before`) and
+entries. Every tile is ranked as soon as it is computed (see `ranking.count_smaller`) and
 dropped, so the working memory is about `memory_mib` whatever the gallery size (plus the
 features themselves and the per-query lists of same-id gallery entries).
 
 * Whole rows (T = G): one pass, the fast path (`ranking.rank_block`'s algorithm).
 * Gallery tiles (T < G): two passes over the tiles of a block: the distances of each query's
-  same-id gallery entries first, then, for every tile, how many entries rank before them.
-  That computes each tile twice (the price of a budget smaller than R gallery rows), and gives
-  exactly the ranks of the one-pass path.
+  same-id gallery entries first, then, for every tile, how many entries are closer than (or
+  as close as) them. That computes each tile twice (the price of a budget smaller than R
+  gallery rows), and gives exactly the counts of the one-pass path.
 
 Backends: "numpy" (host BLAS and sorts) or "jax" (the default device, `device.py`: on a GPU the
 tile work stays on the GPU); "auto" picks jax when the default JAX backend is not the CPU.
@@ -26,8 +26,8 @@ from occreid_jax.evaluation.distances import FeatureDistance
 
 # Working memory per distance of a tile. numpy: the product and its sorted copy, plus a partial
 # copy when some queries have no positive (8-12 B; tracemalloc in tests/test_large_gallery.py).
-# Device (counted, not measured on a GPU): distances, the stable order, its inverse, the sorted
-# values and the sort's key/index buffers (~24 B).
+# Device (counted, not measured on a GPU): distances, the sorted values and the sort's buffers
+# (kept at 24 B, the figure of the former argsort path: an upper bound).
 BYTES_PER_DISTANCE = {"numpy": 12, "jax": 24}
 DEFAULT_MEMORY_MIB = 256
 # Query rows below which a block is cut along the gallery instead: thinner products run far
@@ -103,22 +103,22 @@ def rank_features(
             pairs = ranking.BlockPairs.build(q_pids[block], q_camids[block], gallery)
             pos = ~pairs.junk
             if tiles is not None:
-                vals, counts = tiles.rank_pairs(block, pairs)
-                smaller = counts[pos]
+                vals, smaller, smaller_equal = tiles.rank_pairs(block, pairs)
+                smaller, smaller_equal = smaller[pos], smaller_equal[pos]
             elif cols == num_g:
                 d = dist(block)
                 vals = d[pairs.rows, pairs.cols]
-                smaller = ranking.count_before(d, 0, pairs.rows[pos], pairs.cols[pos], vals[pos])
+                smaller, smaller_equal = ranking.count_smaller(d, pairs.rows[pos], vals[pos])
                 del d
             else:
-                vals, smaller = _two_passes(dist, block, pairs, cols)
-            blocks.append(ranking.finish_block(pairs, vals, smaller))
+                vals, smaller, smaller_equal = _two_passes(dist, block, pairs, cols)
+            blocks.append(ranking.finish_block(pairs, vals, smaller, smaller_equal))
             bar.update(block.stop - block.start)
     return blocks
 
 
 def _two_passes(dist: FeatureDistance, block: slice, pairs: ranking.BlockPairs, cols: int):
-    """(vals [E], smaller [positives]) of a block whose gallery rows do not fit: tile by tile."""
+    """(vals [E], smaller, smaller_equal [positives]) of a block whose rows do not fit, by tiles."""
     num_g = dist.shape[1]
     vals = np.zeros(pairs.rows.shape[0], np.float32)
     starts = range(0, num_g, cols)
@@ -128,9 +128,12 @@ def _two_passes(dist: FeatureDistance, block: slice, pairs: ranking.BlockPairs, 
             tile = dist(block, slice(start, start + cols))
             vals[inside] = tile[pairs.rows[inside], pairs.cols[inside] - start]
     pos = ~pairs.junk
-    p_rows, p_cols, p_vals = pairs.rows[pos], pairs.cols[pos], vals[pos]
+    p_rows, p_vals = pairs.rows[pos], vals[pos]
     smaller = np.zeros(p_rows.shape[0], np.int64)
+    smaller_equal = np.zeros(p_rows.shape[0], np.int64)
     for start in starts:
         tile = dist(block, slice(start, start + cols))
-        smaller += ranking.count_before(tile, start, p_rows, p_cols, p_vals)
-    return vals, smaller
+        below, at_most = ranking.count_smaller(tile, p_rows, p_vals)
+        smaller += below
+        smaller_equal += at_most
+    return vals, smaller, smaller_equal

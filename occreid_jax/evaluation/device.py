@@ -2,15 +2,11 @@
 
 On a GPU, `evaluate_features` puts the gallery features on the device once; for each tile of
 queries x gallery entries the device computes the distances (float32 products at HIGHEST
-precision: no TF32 rounding), orders each row by (distance, gallery index) with a stable sort,
-and returns only what the metrics need for the block's (query, same-id gallery) pairs: their
-distances and how many gallery entries come before them. The [R, T] tile never leaves the
-device. The host then finishes exactly as the numpy path does (`ranking.finish_block`).
-
-Counts, for a pair (query row, gallery index c, distance v) and a tile starting at s:
-* c inside the tile: its position in the row's stable order (ties by gallery index);
-* the tile wholly before c: the entries <= v; wholly after c: the entries < v.
-Summed over the tiles of a row, that is the pair's 0-based rank in the whole gallery.
+precision: no TF32 rounding), sorts each row's values, and returns only what the metrics need
+for the block's (query, same-id gallery) pairs: their distances and how many of the tile's
+entries are < and <= each of them (`searchsorted` left and right). The [R, T] tile never leaves
+the device. Summed over the tiles of a row, the counts are those of the whole gallery; the
+host then finishes exactly as the numpy path does (`ranking.finish_block`).
 """
 
 from __future__ import annotations
@@ -22,36 +18,31 @@ import jax.numpy as jnp
 import numpy as np
 
 from occreid_jax.evaluation.distances import FeatureDistance
-from occreid_jax.evaluation.ranking import BlockPairs
+from occreid_jax.evaluation.ranking import BlockPairs, NaNDistancesError
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def _order_counts(d, local, pvals, mode: str):
-    """(values at `local` columns, counts, any NaN) for one tile; see the module docstring.
+    """(values at `local` columns, counts <, counts <=, any NaN) for one tile.
 
     d: [R, T] distances (+inf on padding columns); local: [R, P] int32 column of each pair in
     the tile (outside [0, T) when the pair's gallery entry is in another tile); pvals: [R, P]
-    the pairs' distances (mode "counts" only).
+    the pairs' distances (mode "counts" only; mode "single" compares the tile's own values).
     """
-    num_rows, num_cols = d.shape
+    num_cols = d.shape[1]
     idx = jnp.clip(local, 0, num_cols - 1)
     vals = jnp.take_along_axis(d, idx, axis=1)
     nan = jnp.isnan(d).any()
     if mode == "values":
-        return vals, jnp.zeros_like(local), nan
-    order = jnp.argsort(d, axis=1, stable=True)  # ties in gallery order
-    positions = jnp.broadcast_to(jnp.arange(num_cols, dtype=order.dtype), order.shape)
-    inverse = jnp.zeros_like(order).at[jnp.arange(num_rows)[:, None], order].set(positions)
-    at = jnp.take_along_axis(inverse, idx, axis=1)
+        zeros = jnp.zeros_like(local)
+        return vals, zeros, zeros, nan
     if mode == "single":  # the whole gallery in one tile: every pair is inside
-        return vals, at, nan
-    srt = jnp.take_along_axis(d, order, axis=1)
+        pvals = vals
+    srt = jnp.sort(d, axis=1)
     left = jax.vmap(functools.partial(jnp.searchsorted, side="left"))(srt, pvals)
     right = jax.vmap(functools.partial(jnp.searchsorted, side="right"))(srt, pvals)
-    inside = (local >= 0) & (local < num_cols)
-    counts = jnp.where(inside, at, jnp.where(local >= num_cols, right, left))
-    return vals, counts.astype(at.dtype), nan
+    return vals, left, right, nan
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "num_cols", "num_gallery", "mode"))
@@ -96,12 +87,12 @@ def padded_pairs(pairs: BlockPairs, num_rows: int) -> tuple[np.ndarray, np.ndarr
     return cols, slot
 
 
-def _fetch(out) -> tuple[np.ndarray, np.ndarray]:
-    """Device results -> host ([R, P] values, [R, P] int64 counts); raises on NaN."""
-    vals, counts, nan = jax.device_get(out)
+def _fetch(out) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Device results -> host ([R, P] values, [R, P] int64 counts <, <=); raises on NaN."""
+    vals, smaller, smaller_equal, nan = jax.device_get(out)
     if nan:
-        raise ValueError("the distance matrix contains NaN; check the features / distance function")
-    return np.asarray(vals), np.asarray(counts, np.int64)
+        raise NaNDistancesError()
+    return np.asarray(vals), np.asarray(smaller, np.int64), np.asarray(smaller_equal, np.int64)
 
 
 class DeviceTiles:
@@ -132,14 +123,14 @@ class DeviceTiles:
             metric=self.metric, num_cols=self.cols, num_gallery=self.num_gallery, mode=mode,
         )  # fmt: skip
 
-    def rank_pairs(self, query_rows: slice, pairs: BlockPairs) -> tuple[np.ndarray, np.ndarray]:
-        """(vals [E], counts [E]) of a block's pairs: distance, gallery entries ranked before."""
+    def rank_pairs(self, query_rows: slice, pairs: BlockPairs) -> tuple[np.ndarray, ...]:
+        """(vals, smaller, smaller_equal), each [E], of a block's pairs (see module docstring)."""
         cols, slot = padded_pairs(pairs, self.rows)
         rows = pairs.rows
         zeros = np.zeros(cols.shape, np.float32)
         if self.num_tiles == 1:
-            vals, counts = _fetch(self._run(query_rows, 0, cols, zeros, "single"))
-            return vals[rows, slot], counts[rows, slot]
+            vals, smaller, smaller_equal = _fetch(self._run(query_rows, 0, cols, zeros, "single"))
+            return vals[rows, slot], smaller[rows, slot], smaller_equal[rows, slot]
         # Two passes over the tiles: the pairs' distances first (each from its own tile), then
         # the counts against every tile; the same tile gives the same values both times.
         vals = np.zeros(cols.shape, np.float32)
@@ -147,17 +138,21 @@ class DeviceTiles:
             start = tile * self.cols
             inside = (cols >= start) & (cols < start + self.cols)
             if inside.any():
-                tile_vals, _ = _fetch(self._run(query_rows, tile, cols, zeros, "values"))
+                tile_vals = _fetch(self._run(query_rows, tile, cols, zeros, "values"))[0]
                 vals[inside] = tile_vals[inside]
-        counts = np.zeros(cols.shape, np.int64)
+        smaller = np.zeros(cols.shape, np.int64)
+        smaller_equal = np.zeros(cols.shape, np.int64)
         for tile in range(self.num_tiles):
-            _, tile_counts = _fetch(self._run(query_rows, tile, cols, vals, "counts"))
-            counts += tile_counts
-        return vals[rows, slot], counts[rows, slot]
+            _, below, at_most = _fetch(self._run(query_rows, tile, cols, vals, "counts"))
+            smaller += below
+            smaller_equal += at_most
+        return vals[rows, slot], smaller[rows, slot], smaller_equal[rows, slot]
 
 
-def rank_given_block(dist: jax.Array, pairs: BlockPairs) -> tuple[np.ndarray, np.ndarray]:
-    """(vals [E], counts [E]) of a block's pairs from a [C, G] distance block on the device."""
+def rank_given_block(dist: jax.Array, pairs: BlockPairs) -> tuple[np.ndarray, ...]:
+    """(vals, smaller, smaller_equal), each [E], of a block's pairs from a [C, G] device block."""
     cols, slot = padded_pairs(pairs, dist.shape[0])
-    vals, counts = _fetch(_given_tile(dist, cols, np.zeros(cols.shape, np.float32), mode="single"))
-    return vals[pairs.rows, slot], counts[pairs.rows, slot]
+    zeros = np.zeros(cols.shape, np.float32)
+    vals, smaller, smaller_equal = _fetch(_given_tile(dist, cols, zeros, mode="single"))
+    at = (pairs.rows, slot)
+    return vals[at], smaller[at], smaller_equal[at]

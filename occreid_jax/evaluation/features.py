@@ -86,6 +86,7 @@ def evaluate_splits(embed_batch, matching: MatchingRule, eval_splits: dict, conf
             cache[split_name] = extract_features(
                 embed_batch, eval_splits[split_name], config, desc=f"embed {split_name}"
             )
+            check_finite(cache[split_name], split_name)
         return cache[split_name]
 
     results = {}
@@ -166,6 +167,18 @@ def match_and_rank(
     except ValueError as error:  # e.g. a setting that needs more candidates than probes
         raise UserError(f"re-ranking by the model's own rule: {error}") from None
     return evaluate_reranked(pairs, *ids, **common)
+
+
+def check_finite(features: dict, split_name: str) -> None:
+    """A one-line UserError when a model's features hold NaN or inf (a diverged checkpoint)."""
+    for key, value in features.items():
+        bad = ~np.isfinite(value).reshape(len(value), -1).all(axis=1)
+        if bad.any():
+            raise UserError(
+                f"the model's {key!r} features of {bad.sum()} of {len(value)} {split_name} "
+                "images are NaN or inf (a diverged checkpoint?); retrain with a lower "
+                "--config.train.lr"
+            )
 
 
 def eval_dataset(config) -> str:

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from occreid_jax.evaluation.ranking import NaNDistancesError
+
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -100,7 +102,7 @@ class DeviceNeighbours:
         )  # fmt: skip
         size = rows.stop - rows.start
         if nan[:size].any():
-            raise ValueError("the distance matrix contains NaN; check the features")
+            raise NaNDistancesError()
         row_max = np.asarray(row_max[:size], np.float32)
         near_d = np.asarray(near_m[:size], np.float32) / row_max[:, None]  # IEEE, as the host
         return np.asarray(idx[:size], np.int64), near_d, row_max

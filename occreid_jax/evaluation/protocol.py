@@ -88,8 +88,9 @@ def evaluate_distance_blocks(
                 from occreid_jax.evaluation import device
 
                 pairs = ranking.BlockPairs.build(q_pids[rows], q_camids[rows], gallery)
-                vals, counts = device.rank_given_block(dist, pairs)
-                blocks.append(ranking.finish_block(pairs, vals, counts[~pairs.junk]))
+                vals, smaller, smaller_equal = device.rank_given_block(dist, pairs)
+                pos = ~pairs.junk
+                blocks.append(ranking.finish_block(pairs, vals, smaller[pos], smaller_equal[pos]))
             else:
                 dist = np.asarray(dist)
                 blocks.append(ranking.rank_block(dist, q_pids[rows], q_camids[rows], gallery))

@@ -11,32 +11,38 @@ The protocol is the standard Market-1501 one (fast-reid's `eval_market1501`, tor
 * AP is the mean over the positives of the precision at the rank of each positive;
 * INP = (number of positives) / (1-based rank of the last positive).
 
-Ties: gallery entries with equal distances are ranked by gallery index, as
-`np.argsort(row, kind="stable")` would rank them. fast-reid and torchreid call the default
-(unstable) `np.argsort`, so their tie order is unspecified; with continuous features ties are
-rare and move mAP by at most ~1e-6.
+Ties: gallery entries at exactly the same distance are scored as the expectation over all
+orders of the tie (`ties.py`: McSherry and Najork, ECIR 2008, for AP; the same reasoning for
+the rank-k hits and INP), so neither the gallery's storage order nor a sort's tie rule can
+change a figure, and a collapsed model (all distances equal) scores chance. On distinct
+distances every figure is bit for bit the plain one; fast-reid and torchreid call the default
+(unstable) `np.argsort`, whose tie order is unspecified. A warning says when a positive ties
+with a large share of the gallery.
 
-How it is fast: every metric depends only on the ranks of the positives. The 0-based rank of a
-positive p among the kept entries is
+How it is fast: every metric depends only on where the positives fall. For a positive p the
+kept entries strictly closer and the kept entries at its distance are
 
-    #{kept j : d_j < d_p} + #{kept j : d_j == d_p and j < p},
+    #{kept j : d_j < d_p},  #{kept j : d_j == d_p},
 
-so we sort each row's VALUES (a SIMD sort, ~10x faster than an argsort), find the number of
-strictly smaller entries with `searchsorted`, add the equal entries before p by index when the
-value is tied, and subtract the junk entries ordered before p. Queries are processed in row
-blocks so memory stays at a few copies of one block.
+so we sort each row's VALUES (a SIMD sort, ~10x faster than an argsort), count both with
+`searchsorted` (left and right) and subtract the junk entries counted in them. Queries are
+processed in row blocks so memory stays at a few copies of one block.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from occreid_jax.errors import UserError
+from occreid_jax.evaluation import ties
 
+# A query warns when one of its positives ties with this share of the gallery or more.
+TIE_WARNING_SHARE = 0.1
 # Row blocks hold about this many distances (float32: 64 MiB) unless the caller says otherwise.
 DEFAULT_BLOCK_ELEMENTS = 1 << 24
 
@@ -47,6 +53,20 @@ def default_chunk_size(num_gallery: int, num_query: int | None = None) -> int:
     if num_query is not None:
         rows = min(rows, max(num_query, 1))
     return int(rows)
+
+
+class NaNDistancesError(UserError, ValueError):
+    """NaN in a distance matrix (NaN features: a diverged model); main prints it as one line."""
+
+    def __init__(self, what: str = "the distance matrix"):
+        super().__init__(
+            f"{what} contains NaN (NaN features: a diverged checkpoint?); check the features "
+            "and the distance function, or retrain with a lower --config.train.lr"
+        )
+
+
+class TiedDistancesWarning(UserWarning):
+    """Many gallery entries sit at exactly a positive's distance (see `summarize_ranks`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,15 +139,22 @@ class BlockRanks(NamedTuple):
 
     Attributes:
         valid: [C] bool, the query has at least one positive after junk removal.
-        first_rank: [C] int64, 0-based rank of the first positive (-1 if invalid).
-        ap: [C] float64 average precision (NaN if invalid).
-        inp: [C] float64 inverse negative penalty (NaN if invalid).
+        first_rank: [C] int64, kept entries strictly closer than the first positive (its
+            0-based rank when it ties with nothing; -1 if invalid).
+        first_tied: [C] int64, kept entries tied with the first positive, itself included.
+        first_pos: [C] int64, positives among them.
+        ap: [C] float64 average precision, expected over tie orders (NaN if invalid).
+        inp: [C] float64 inverse negative penalty, expected over tie orders (NaN if invalid).
+        max_tied: [C] int64, the largest tie group that holds a positive (1: no tie).
     """
 
     valid: np.ndarray
     first_rank: np.ndarray
+    first_tied: np.ndarray
+    first_pos: np.ndarray
     ap: np.ndarray
     inp: np.ndarray
+    max_tied: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,35 +190,29 @@ class BlockPairs:
         return cls(num_q, valid, npos, rows[keep], cols[keep], junk[keep])
 
 
-def count_before(
-    tile: np.ndarray, col_start: int, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray
-) -> np.ndarray:
-    """Gallery entries of a distance tile ranked before given entries, ties by gallery index.
+def count_smaller(tile: np.ndarray, rows: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Entries of a distance tile's rows strictly below, and at or below, given values.
 
-    For each entry e (query row `rows[e]`, gallery index `cols[e]`, distance `vals[e]`), counts
-    the entries j of the tile's row with (distance, gallery index) < (vals[e], cols[e]). The
-    tile may hold the whole gallery (col_start = 0) or a range of it: summed over the tiles
-    of a row, the counts are the 0-based rank of the entry among all gallery entries.
+    Summed over the tiles of a row (whole rows or gallery ranges), the counts say where each
+    value falls in the whole gallery: `smaller` entries before its tie group, `smaller_equal`
+    up to the end of it.
 
     Args:
-        tile: [C, T] distances of C queries to the gallery entries col_start .. col_start+T-1
-            (any float dtype; not modified).
-        col_start: gallery index of the tile's first column.
+        tile: [C, T] distances of C queries to T gallery entries (any float dtype; not modified).
         rows: [E] rows of the tile (non-decreasing).
-        cols: [E] gallery indices.
-        vals: [E] distances of the entries, the values the tile holds at (row, col) when the
-            column is inside it (the same computation, bit for bit).
+        vals: [E] the values, each compared with its row (bit for bit the same computation as
+            the tile's own entries, so an entry's own value ties with itself).
 
     Returns:
-        [E] int64 counts.
+        (smaller [E], smaller_equal [E]) int64 counts.
 
     Raises:
-        ValueError: the tile contains NaN.
+        NaNDistancesError: the tile contains NaN.
     """
-    num_cols = tile.shape[1]
-    counts = np.zeros(rows.shape[0], dtype=np.int64)
+    smaller = np.zeros(rows.shape[0], dtype=np.int64)
+    smaller_equal = np.zeros(rows.shape[0], dtype=np.int64)
     if rows.shape[0] == 0:
-        return counts
+        return smaller, smaller_equal
     # Sorted values of the rows with entries: a value sort, much faster than an argsort.
     needed = np.unique(rows)
     if needed.size == tile.shape[0]:
@@ -200,80 +221,101 @@ def count_before(
         srt = tile[needed]  # a copy, sorted in place
         srt.sort(axis=1)
     if np.isnan(srt[:, -1]).any():  # NaN sorts last, so the last column finds any NaN
-        raise ValueError("the distance matrix contains NaN; check the features / distance function")
+        raise NaNDistancesError()
     srt_row = np.zeros(tile.shape[0], dtype=np.int64)
     srt_row[needed] = np.arange(needed.size)  # tile row -> row of `srt`
-    local = cols - col_start
-    inside = (local >= 0) & (local < num_cols)
-    after = local >= num_cols  # the whole tile comes before the entry in gallery order
-    # Entries smaller than each value, row by row (the entries of a row are contiguous): strictly
-    # smaller, or also equal when the whole tile comes first (ties go by gallery index).
     bounds = np.flatnonzero(np.diff(rows)) + 1
     starts = np.concatenate([[0], bounds]).tolist()
     stops = np.concatenate([bounds, [rows.shape[0]]]).tolist()
-    for a, b in zip(starts, stops, strict=True):
+    for a, b in zip(starts, stops, strict=True):  # the entries of a row are contiguous
         row_sorted = srt[srt_row[rows[a]]]
-        counts[a:b] = row_sorted.searchsorted(vals[a:b], side="left")
-        if after[a:b].any():
-            counts[a:b][after[a:b]] = row_sorted.searchsorted(vals[a:b][after[a:b]], "right")
-    # In the entry's own tile, the equal values before it by gallery index; only when the next
-    # sorted value equals its own (rare for continuous features).
-    nxt = np.minimum(counts + 1, num_cols - 1)
-    tied = inside & (counts + 1 < num_cols) & (srt[srt_row[rows], nxt] == vals)
-    for e in np.flatnonzero(tied).tolist():
-        counts[e] += np.count_nonzero(tile[rows[e], : local[e]] == vals[e])
-    return counts
+        smaller[a:b] = row_sorted.searchsorted(vals[a:b], side="left")
+        smaller_equal[a:b] = row_sorted.searchsorted(vals[a:b], side="right")
+    return smaller, smaller_equal
 
 
-def finish_block(pairs: BlockPairs, vals: np.ndarray, smaller: np.ndarray) -> BlockRanks:
-    """Per-query results from the distances of the pairs and the ranks of the positives.
+def _within_rows(counts: np.ndarray, group_rows: np.ndarray) -> np.ndarray:
+    """Exclusive running sum of `counts` [N] restarted at each new row of `group_rows` [N]."""
+    running = np.cumsum(counts) - counts
+    new_row = np.ones(group_rows.shape[0], dtype=bool)
+    new_row[1:] = group_rows[1:] != group_rows[:-1]
+    first = np.maximum.accumulate(np.where(new_row, np.arange(group_rows.shape[0]), 0))
+    return running - running[first]
+
+
+def finish_block(
+    pairs: BlockPairs, vals: np.ndarray, smaller: np.ndarray, smaller_equal: np.ndarray
+) -> BlockRanks:
+    """Per-query results from the distances of the pairs and where the positives fall.
 
     Args:
         pairs: the block's pairs.
         vals: [E] distance of every pair (positives and junk).
-        smaller: [number of positives] for each positive pair, in pair order, the gallery
-            entries ranked before it (junk included; see `count_before`).
+        smaller, smaller_equal: [number of positives] for each positive pair, in pair order, the
+            gallery entries (junk included) strictly closer / at most as far (`count_smaller`).
 
     Returns:
-        A `BlockRanks`.
+        A `BlockRanks`; ties are scored as the expectation over their orders (`ties.py`).
     """
     num_q = pairs.num_queries
     first_rank = np.full(num_q, -1, dtype=np.int64)
+    first_tied = np.zeros(num_q, dtype=np.int64)
+    first_pos = np.zeros(num_q, dtype=np.int64)
+    max_tied = np.zeros(num_q, dtype=np.int64)
     ap = np.full(num_q, np.nan)
     inp = np.full(num_q, np.nan)
     valid, npos = pairs.valid, pairs.npos
     if not valid.any():
-        return BlockRanks(valid, first_rank, ap, inp)
+        return BlockRanks(valid, first_rank, first_tied, first_pos, ap, inp, max_tied)
     rows, cols, junk = pairs.rows, pairs.cols, pairs.junk
     pos = ~junk
     valid_rows = np.flatnonzero(valid)
     p_offsets = np.concatenate([[0], np.cumsum(npos)])
 
-    # Junk entries ordered before each positive by (distance, gallery index) in its row.
+    # The pairs by (row, distance, gallery index); groups of equal (row, distance).
     order = np.lexsort((cols, vals, rows))
-    junk_sorted = junk[order].astype(np.int64)
-    junk_per_row = np.bincount(rows[junk], minlength=num_q)
-    junk_in_earlier_rows = np.cumsum(junk_per_row) - junk_per_row
-    junk_before = np.cumsum(junk_sorted) - junk_sorted - junk_in_earlier_rows[rows[order]]
-    pos_sorted = pos[order]
-    pos_index = np.cumsum(pos) - 1  # flat entry -> index among positives
-    ranks = smaller[pos_index[order[pos_sorted]]] - junk_before[pos_sorted]
-    ranks_rows = rows[order[pos_sorted]]  # same rows as the positives: each row keeps its block
+    rows_s, vals_s, junk_s = rows[order], vals[order], junk[order]
+    new_group = np.ones(order.shape[0], dtype=bool)
+    new_group[1:] = (rows_s[1:] != rows_s[:-1]) | (vals_s[1:] != vals_s[:-1])
+    group = np.cumsum(new_group) - 1
+    num_groups = int(group[-1]) + 1
+    group_junk = np.bincount(group[junk_s], minlength=num_groups)
+    group_pos = np.bincount(group[~junk_s], minlength=num_groups)
+    group_rows = rows_s[new_group]
+    junk_below = _within_rows(group_junk, group_rows)  # junk strictly closer, same row
+    pos_below = _within_rows(group_pos, group_rows)  # positives strictly closer, same row
 
-    # Positives of a row are now in rank order: AP, INP, first rank.
-    ordinal = np.arange(ranks.shape[0]) - p_offsets[ranks_rows] + 1
-    precision_sum = np.bincount(ranks_rows, weights=ordinal / (ranks + 1.0), minlength=num_q)
+    # Each positive, in (row, distance, index) order: its group's s, t, p, b (see ties.py).
+    pos_s = ~junk_s
+    g = group[pos_s]
+    pos_index = np.cumsum(pos) - 1  # flat entry -> index among positives
+    at = pos_index[order[pos_s]]
+    s = smaller[at] - junk_below[g]
+    t = smaller_equal[at] - junk_below[g] - group_junk[g] - s
+    p, b = group_pos[g], pos_below[g]
+    ranks_rows = rows_s[pos_s]
+    # Untied positives keep the plain formula (bit for bit the untied evaluation).
+    precision = (b + 1) / (s + 1.0)
+    tied = t > 1
+    if tied.any():
+        precision[tied] = ties.expected_precision(s[tied], t[tied], p[tied], b[tied])
+    precision_sum = np.bincount(ranks_rows, weights=precision, minlength=num_q)
     ap[valid] = precision_sum[valid] / npos[valid]
-    first_rank[valid] = ranks[p_offsets[valid_rows]]
-    last_rank = ranks[p_offsets[valid_rows + 1] - 1]
-    inp[valid] = npos[valid] / (last_rank + 1.0)
-    return BlockRanks(valid, first_rank, ap, inp)
+    first = p_offsets[valid_rows]
+    first_rank[valid], first_tied[valid], first_pos[valid] = s[first], t[first], p[first]
+    max_tied[valid] = np.maximum.reduceat(t, first)
+    last = p_offsets[valid_rows + 1] - 1
+    inp[valid] = npos[valid] / (s[last] + 1.0)
+    for q, e in zip(valid_rows.tolist(), last.tolist(), strict=True):
+        if t[e] > 1:
+            inp[q] = npos[q] * ties.expected_inverse_last_rank(int(s[e]), int(t[e]), int(p[e]))
+    return BlockRanks(valid, first_rank, first_tied, first_pos, ap, inp, max_tied)
 
 
 def rank_block(
     dist: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray, gallery: GalleryIndex
 ) -> BlockRanks:
-    """Ranks the positives of a block of queries exactly (ties by gallery index).
+    """Ranks the positives of a block of queries exactly (ties: expectation over their orders).
 
     Args:
         dist: [C, G] distances of C queries to the whole gallery (any float dtype; not modified).
@@ -287,12 +329,16 @@ def rank_block(
     pairs = BlockPairs.build(q_pids, q_camids, gallery)
     vals = dist[pairs.rows, pairs.cols]
     pos = ~pairs.junk
-    smaller = count_before(dist, 0, pairs.rows[pos], pairs.cols[pos], vals[pos])
-    return finish_block(pairs, vals, smaller)
+    smaller, smaller_equal = count_smaller(dist, pairs.rows[pos], vals[pos])
+    return finish_block(pairs, vals, smaller, smaller_equal)
 
 
 def summarize_ranks(blocks: Sequence[BlockRanks], max_rank: int, num_gallery: int) -> dict:
-    """Joins per-block results into the metrics dict (see `evaluate_rank` for the keys)."""
+    """Joins per-block results into the metrics dict (see `evaluate_rank` for the keys).
+
+    Warns (`TiedDistancesWarning`) when, for at least one query, a positive ties with
+    `TIE_WARNING_SHARE` or more of the gallery: the figures are then partly chance.
+    """
     valid = np.concatenate([b.valid for b in blocks])
     num_valid = int(valid.sum())
     if num_valid == 0:
@@ -300,13 +346,28 @@ def summarize_ranks(blocks: Sequence[BlockRanks], max_rank: int, num_gallery: in
             "no query has a positive in the gallery (same id, other camera): check that the "
             "query and gallery come from the same dataset split and carry comparable ids"
         )
-    first = np.concatenate([b.first_rank for b in blocks])[valid]
+    first, tied, npos_first = (
+        np.concatenate([getattr(b, name) for b in blocks])[valid]
+        for name in ("first_rank", "first_tied", "first_pos")
+    )
     ap = np.concatenate([b.ap for b in blocks])[valid]
     inp = np.concatenate([b.inp for b in blocks])[valid]
     max_rank = min(int(max_rank), int(num_gallery))
-    hits = np.bincount(np.minimum(first, max_rank), minlength=max_rank + 1)[:max_rank]
+    plain = tied == 1
+    hits = np.bincount(np.minimum(first[plain], max_rank), minlength=max_rank + 1)[:max_rank]
+    expected = ties.expected_hits(first[~plain], tied[~plain], npos_first[~plain], max_rank)
+    max_tied = np.concatenate([b.max_tied for b in blocks])[valid]
+    heavy = int(np.count_nonzero((max_tied > 1) & (max_tied >= TIE_WARNING_SHARE * num_gallery)))
+    if heavy:
+        warnings.warn(
+            f"{heavy} of {num_valid} queries have a positive tied with at least "
+            f"{TIE_WARNING_SHARE:.0%} of the gallery (equal distances; collapsed features?): "
+            "ties are scored as the mean over their orders, so those figures are partly chance",
+            TiedDistancesWarning,
+            stacklevel=2,
+        )
     return {
-        "cmc": np.cumsum(hits) / num_valid,
+        "cmc": (np.cumsum(hits) + expected.sum(axis=0)) / num_valid,
         "mAP": float(ap.mean()),
         "mINP": float(inp.mean()),
         "AP": ap,
@@ -342,6 +403,8 @@ def evaluate_rank(
 ) -> dict:
     """CMC, mAP and mINP of a query x gallery distance matrix (Market-1501 protocol).
 
+    Tied distances are scored as the expectation over all their orders (module docstring).
+
     Args:
         distmat: [Q, G] distances, smaller is more similar (float32 or float64; kept as is).
         q_pids: [Q] query person ids.
@@ -354,7 +417,8 @@ def evaluate_rank(
 
     Returns:
         A dict with
-          "cmc": [min(max_rank, G)] float64, CMC(k) for k = 1.., over the valid queries;
+          "cmc": [min(max_rank, G)] float64, CMC(k) for k = 1.., over the valid queries
+              (expected hits where the first positive ties);
           "mAP", "mINP": floats in [0, 1];
           "AP", "INP": [num_valid] float64 per valid query, in query order;
           "valid": [Q] bool, the query has a positive after junk removal;

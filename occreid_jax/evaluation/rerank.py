@@ -40,6 +40,7 @@ import numpy as np
 
 from occreid_jax.evaluation import kreciprocal
 from occreid_jax.evaluation.kreciprocal import smallest_k
+from occreid_jax.evaluation.ranking import NaNDistancesError
 
 
 def _transpose_inplace(a: np.ndarray, block: int = 1024) -> None:
@@ -91,7 +92,7 @@ def k_reciprocal_rerank(
     _transpose_inplace(d)
     col_max = d.max(axis=1)
     if np.isnan(col_max).any():
-        raise ValueError("the distance matrix contains NaN; check the features / distance function")
+        raise NaNDistancesError()
     for s in range(0, n, chunk_size):
         d[s : s + chunk_size] /= col_max[s : s + chunk_size, None]
 

@@ -33,6 +33,7 @@ import tqdm
 
 from occreid_jax.evaluation import kreciprocal
 from occreid_jax.evaluation.blocks import DEFAULT_MEMORY_MIB
+from occreid_jax.evaluation.ranking import NaNDistancesError
 from occreid_jax.evaluation.set_pairs import FeatureSetPairs, SetPairs, probe_slices
 
 # Working bytes per (query, gallery) distance of a final block: the shared sums and their
@@ -204,7 +205,7 @@ def _nearest(
     """
     row_max = np.maximum(to_q.max(axis=1), to_g.max(axis=1))
     if np.isnan(row_max).any():  # the maximum of a row with a NaN is NaN
-        raise ValueError("the distance matrix contains NaN; check the features / distance function")
+        raise NaNDistancesError()
     to_q /= row_max[:, None]
     to_g /= row_max[:, None]
     return (*kreciprocal.smallest_k_of_parts([to_q, to_g], k), row_max)

@@ -49,7 +49,7 @@ from etils import epath
 from occreid_jax.data.synthetic import render
 from occreid_jax.errors import UserError
 
-_IDENTITY, _CAMERA, _EXAMPLE, _PLAN = 1, 2, 3, 0  # seed-stream tags
+_IDENTITY, _CAMERA, _EXAMPLE, _PLAN, _GALLERY_ORDER = 1, 2, 3, 0, 4  # seed-stream tags
 SPLITS = ("train", "query", "gallery", "query_holistic")
 
 
@@ -159,10 +159,15 @@ def plan_splits(config: SyntheticOccludedReidConfig) -> dict[str, list[ExampleSp
         gallery += [
             ExampleSpec(pid, int(rng.integers(config.num_cameras)), i, False) for i in range(n)
         ]
+    train = _mark_occluded(rng, train, config.train_occluded_ratio)  # draws in the old order
+    gallery = _mark_occluded(rng, gallery, config.gallery_occluded_ratio)
+    # Stored in a shuffled order (not in the papers; real datasets store files sorted by name):
+    # nothing may leak the identities through the storage order (see evaluation/ties.py).
+    gallery = [gallery[i] for i in _rng(config, _GALLERY_ORDER).permutation(len(gallery))]
     return {
-        "train": _mark_occluded(rng, train, config.train_occluded_ratio),
+        "train": train,
         "query": query,
-        "gallery": _mark_occluded(rng, gallery, config.gallery_occluded_ratio),
+        "gallery": gallery,
         "query_holistic": [dataclasses.replace(s, occluded=False) for s in query],
     }
 
@@ -170,8 +175,8 @@ def plan_splits(config: SyntheticOccludedReidConfig) -> dict[str, list[ExampleSp
 class SyntheticOccludedReid(tfds.core.GeneratorBasedBuilder):
     """Synthetic occluded person Re-ID benchmark, generated from a seed (see module docstring)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "The gallery is stored shuffled."}
     BUILDER_CONFIGS = [
         SyntheticOccludedReidConfig(name="default", description="~150 train / 150 test ids."),
         SyntheticOccludedReidConfig(
