@@ -169,12 +169,14 @@ def test_a_killed_two_process_run_resumes_from_its_checkpoint(trained, cache, tm
             time.sleep(0.5)
     finally:
         _kill(runs)
+    assert _train_steps_logged(workdir) == [1, 2, 3]  # killed after step 3, before step 4
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
     assert not os.path.exists(os.path.join(workdir, "results.json"))
 
     out = _wait(_start(workdir, config, processes=2, devices=2, env=cache))
     assert "resuming at step 2" in out[0]
-    assert _train_steps_logged(workdir) == [1, 2, 3, 3, 4]  # step 3 again after the kill
+    # Step 3, logged before the kill, is dropped on resuming from step 2 and logged once again.
+    assert _train_steps_logged(workdir) == [1, 2, 3, 4]
 
     # Exactly the uninterrupted two-process run.
     straight = trained["two"]
