@@ -28,6 +28,7 @@ import time
 import numpy as np
 from absl import app, flags
 
+from benchmarks.table_rows import wanted_rows
 from occreid_jax.config_files import load_config_file
 from occreid_jax.errors import UserError
 
@@ -147,20 +148,6 @@ def _report(table: str, rows: dict, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def _wanted_rows(text: str, rows: dict) -> list[str]:
-    """The labels named in `text`, comma-separated; a label may itself hold commas
-    ("#1 baseline (ResNet, BNNeck)"), so pieces are joined until they name a row."""
-    wanted, piece = [], ""
-    for token in text.split(","):
-        piece = f"{piece},{token}" if piece else token
-        if piece.strip() in rows:
-            wanted.append(piece.strip())
-            piece = ""
-    if piece:
-        raise UserError(f"no row {piece.strip()!r} in this table; it has: {'; '.join(rows)}")
-    return wanted
-
-
 def main(argv):
     del argv
     if not _CONFIG.value:
@@ -170,7 +157,7 @@ def main(argv):
         raise UserError(f"no table {_TABLE.value!r}; the config has {', '.join(tables)}")
     rows = tables[_TABLE.value]
     if _ROWS.value:
-        rows = {label: rows[label] for label in _wanted_rows(_ROWS.value, rows)}
+        rows = {label: rows[label] for label in wanted_rows(_ROWS.value, rows)}
     seeds = [int(s) for s in _SEEDS.value.split(",")]
     eval_only = getattr(load_config_file(_CONFIG.value.split(":")[0]), "EVAL_ONLY", {})
     if not _REPORT_ONLY.value:

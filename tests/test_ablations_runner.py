@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.ablations import _wanted_rows
+from benchmarks.table_rows import wanted_rows
 from occreid_jax.errors import UserError
 
 ROWS = {"#1 baseline (ResNet, BNNeck)": {}, "#5 MAT": {}, "#6 MAT, ground-truth keypoints": {}}
@@ -10,13 +10,13 @@ ROWS = {"#1 baseline (ResNet, BNNeck)": {}, "#5 MAT": {}, "#6 MAT, ground-truth 
 
 def test_labels_with_commas_are_selected_whole():
     text = "#1 baseline (ResNet, BNNeck),#6 MAT, ground-truth keypoints"
-    assert _wanted_rows(text, ROWS) == [
+    assert wanted_rows(text, ROWS) == [
         "#1 baseline (ResNet, BNNeck)",
         "#6 MAT, ground-truth keypoints",
     ]
-    assert _wanted_rows("#5 MAT", ROWS) == ["#5 MAT"]
+    assert wanted_rows("#5 MAT", ROWS) == ["#5 MAT"]
 
 
 def test_an_unknown_label_is_a_one_line_error_listing_the_rows():
     with pytest.raises(UserError, match=r"no row '#7 other' in this table; it has: #1 baseline"):
-        _wanted_rows("#5 MAT,#7 other", ROWS)
+        wanted_rows("#5 MAT,#7 other", ROWS)
