@@ -6,7 +6,9 @@ mining stays on the device), gradients and BatchNorm statistics are averaged wit
 and BatchNorm layers built with `bn_axis_name="batch"` normalise with statistics synchronised
 over all devices. It is wrapped by `jax.pmap(..., in_axes=(None, 0, None), out_axes=(None, 0))`
 (state, per-device batch, optional pose-net weights), so the state is never split by hand; see
-`parallel_train_step`.
+`parallel_train_step`. The state argument is donated (`donate_argnums=0`): XLA writes the new
+state into the old one's buffers, so a step holds one copy of params and optimiser state, not
+two; the caller must not touch the state it passed in after the call.
 
 How the model is run on the batch is a `Forward` hook,
 `forward(apply_fn, variables, batch, rng) -> (aux, updates)`: `single_forward` (one pass, the
@@ -15,9 +17,9 @@ default) or the model family's own (`families.py`; MAT: a second pass on a TPS-w
 through every pass it makes. The loop that drives the step is `train_loop.py`.
 
 The same function runs under `jax.jit(jax.shard_map(train_step, mesh, in_specs=(P(), P("batch")),
-out_specs=(P(), P()), check_vma=False))`. Keep `check_vma=False` there: with it on, autodiff
-already sums the gradients of the replicated params over devices, and the pmean below would
-then leave a sum, not a mean (tests/test_train_step.py checks the shard_map form).
+out_specs=(P(), P()), check_vma=False), donate_argnums=0)`. Keep `check_vma=False` there: with
+it on, autodiff already sums the gradients of the replicated params over devices, and the pmean
+below would then leave a sum, not a mean (tests/test_train_step.py checks the shard_map form).
 """
 
 from __future__ import annotations
@@ -135,21 +137,27 @@ def train_step(
 def parallel_train_step(
     objective: Callable, pose_apply: Callable | None = None, forward: Forward = single_forward
 ) -> Callable:
-    """`train_step` mapped over the local devices.
+    """`train_step` mapped over the local devices, the state donated.
 
     (state, batch of [D, b, ...] arrays[, pose variables]) -> (state, metrics of [D] each,
-    identical after the pmean).
+    identical after the pmean). The state passed in is deleted by the call (donated); use the
+    one returned. `step.lower(state, batch, pose_variables)` lowers it (compile time, XLA's
+    memory and cost analyses).
     """
     mapped = jax.pmap(
         functools.partial(train_step, objective=objective, pose_apply=pose_apply, forward=forward),
         axis_name=AXIS,
         in_axes=(None, 0, None),
         out_axes=(None, 0),
+        donate_argnums=(0,),
     )
 
     def step(state: TrainState, batch: dict, pose_variables: Any = None):
         return mapped(state, batch, pose_variables)
 
+    step.lower = lambda state, batch, pose_variables=None: mapped.lower(
+        state, batch, pose_variables
+    )
     return step
 
 

@@ -21,12 +21,14 @@ from tqdm import tqdm
 
 from occreid_jax import distributed, flow_probe, optim, pose
 from occreid_jax.data import pipeline
+from occreid_jax.data.device_prefetch import prefetch_to_devices
 from occreid_jax.data.sampler import IdentitySampler
 from occreid_jax.distributed import replicate
 from occreid_jax.divergence import DivergenceGuard
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation.features import evaluate_splits
 from occreid_jax.metrics_log import MetricsLog
+from occreid_jax.progress import CompletedSteps
 from occreid_jax.run import Run, init_backbone
 from occreid_jax.train import create_train_state, parallel_train_step
 
@@ -130,9 +132,10 @@ def _step_function(run: Run):
 
 
 def _train_batches(run: Run, split, sampler: IdentitySampler, start_step: int):
-    """The augmented training batches from `start_step` on, [D, b, ...] per step."""
+    """The augmented training batches from `start_step` on, [D, b, ...] per step, copied to
+    the devices two steps ahead (the copy overlaps the running step)."""
     config = run.config
-    return pipeline.train_batches(
+    host_batches = pipeline.train_batches(
         split,
         sampler,
         start_step=start_step,
@@ -146,6 +149,7 @@ def _train_batches(run: Run, split, sampler: IdentitySampler, start_step: int):
         shard=distributed.shard(),
         pair_geometry=config.data.same_camera_pairs,
     )
+    return prefetch_to_devices(host_batches, size=2)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -195,6 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         dynamic_ncols=True,
         disable=not main_process,
     )
+    progress = CompletedSteps(bar, config.data.batch_size)  # advances as steps complete
     window_start, window_images = time.perf_counter(), 0
     try:
         if start_step == 0 and config.train.eval_at_start:
@@ -205,7 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             state, metrics = p_step(state, next(batches), pose_variables)
             step += 1
             window_images += config.data.batch_size
-            bar.update(1)
+            progress.dispatched(metrics["loss"])
             saves = step % config.train.checkpoint_every_steps == 0 or record.is_eval_step(step)
             logs = step % config.train.log_every_steps == 0 or step == total_steps
             if logs or saves:  # before anything is written: a diverged state is never saved
@@ -217,17 +222,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 metrics["images_per_sec"] = window_images / max(elapsed, 1e-9)
                 metrics["lr"] = float(schedule(step - 1))  # the rate this step used
                 log.write("train", step, metrics)
-                bar.set_postfix(
-                    loss=f"{metrics['loss']:.3f}", img_s=f"{metrics['images_per_sec']:.0f}"
-                )
+                progress.note(loss=f"{metrics['loss']:.3f}")
                 window_start, window_images = time.perf_counter(), 0
             if saves:
                 checkpointer.save(step, state)
             if record.is_eval_step(step):
+                progress.drain()
                 bar.clear()
                 results = record.evaluate(state, step)
                 if main_process:
                     tqdm.write(f"epoch {step // steps_per_epoch}: " + _short(results))
+        progress.drain()
     except KeyboardInterrupt:
         if step > start_step:  # the Ctrl-C save is checked like any other save
             loss = float(np.asarray(jax.device_get(metrics["loss"])).reshape(-1)[0])
@@ -247,6 +252,12 @@ def _save_on_interrupt(run: Run, checkpointer, step: int, state) -> None:
         raise UserError(
             f"interrupted at step {step}; rerun the same commands to resume from the last "
             f"checkpoint in {run.workdir}/checkpoints"
+        ) from None
+    if any(leaf.is_deleted() for leaf in jax.tree.leaves(state) if isinstance(leaf, jax.Array)):
+        # Ctrl-C inside the step call: the state passed in was donated, its result never came.
+        raise UserError(
+            f"interrupted during step {step + 1}; rerun the same command to resume from the "
+            f"last checkpoint in {run.workdir}/checkpoints"
         ) from None
     checkpointer.save(step, state)
     raise UserError(

@@ -1,9 +1,10 @@
 """`python -m occreid_jax.main` that stops at a given training batch, for the resume test.
 
 With OCCREID_STOP_AT_BATCH=n each process, when it asks for its (n+1)-th training batch (after
-n steps), writes `<OCCREID_STOP_DIR>/stopped.<process index>` and sleeps until the test kills
-it: a run killed mid-way, after its last periodic checkpoint. Saves here wait until they are on
-disk, so that the checkpoint the test expects is complete when it kills.
+n - 1 steps: the loop copies batches to the devices two steps ahead), writes
+`<OCCREID_STOP_DIR>/stopped.<process index>` and sleeps until the test kills it: a run killed
+mid-way, after its last periodic checkpoint. Saves here wait until they are on disk, so that
+the checkpoint the test expects is complete when it kills.
 """
 
 import os

@@ -46,6 +46,18 @@ def test_pad_and_crop_moves_heatmaps_with_the_image(seed):
     assert np.all(np.abs(blob - [30.0, 60.0]) <= 10.0)  # moved by at most the padding
 
 
+def test_whole_pixel_shift_equals_the_bilinear_translate_at_every_offset():
+    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (H, W, 3)).astype(np.float32))
+    for dx in range(-3, 4):
+        for dy in (-3, 0, 2):
+            expected = augment.translate(image, float(dx), float(dy))
+            got = augment.shift(image, tf.constant(dx), tf.constant(dy), pad=3)
+            np.testing.assert_array_equal(got, expected)
+    moved = np.asarray(augment.shift(image, tf.constant(2), tf.constant(-1), pad=3))
+    np.testing.assert_array_equal(moved[1:, : W - 2], np.asarray(image)[:-1, 2:])  # by hand
+    assert not moved[0].any() and not moved[:, W - 2 :].any()  # zeros shifted in
+
+
 def test_flip_mirrors_and_swaps_left_right_joints():
     image, heatmaps = _scene(20.0, 50.0)
     out_image, out_maps, _ = augment.flip(image, heatmaps, tf.constant(True))

@@ -30,7 +30,8 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(
     log = [json.loads(line) for line in log]
     assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2, 3, 4]
 
-    # Interrupt after the third batch: Ctrl-C saves a checkpoint at step 3.
+    # Interrupt while the pipeline makes the fourth batch: the loop copies batches to the
+    # devices two steps ahead, so that is during step 2, and Ctrl-C saves a checkpoint there.
     real_batches = pipeline.train_batches
 
     def interrupted(*args, **kwargs):
@@ -40,7 +41,7 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(
             yield batch
 
     monkeypatch.setattr(pipeline, "train_batches", interrupted)
-    with pytest.raises(UserError, match="interrupted at step 3.*rerun"):
+    with pytest.raises(UserError, match="interrupted at step 2.*rerun"):
         experiment.train_and_evaluate(config, str(tmp_path / "resumed"))
     monkeypatch.setattr(pipeline, "train_batches", real_batches)
     resumed = experiment.train_and_evaluate(config, str(tmp_path / "resumed"))

@@ -213,12 +213,13 @@ def test_a_train_step_reaches_every_parameter(model_overrides, loss_overrides):
         "images": np.asarray(_images(8)).reshape(devices, 8 // devices, *IMAGE, 3),
         "labels": np.repeat(np.arange(2), 4).astype(np.int32).reshape(devices, -1),
     }
+    params_before = jax.device_get(state.params)  # the step donates (deletes) `state`
     new_state, metrics = step(state, batch)
     for name in ("equivariance_value", "equivariance_jacobian", "consistency", "part_ce"):
         assert np.isfinite(metrics[name]).all()
     assert float(metrics["consistency"][0]) > 0
     changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
-                           state.params, new_state.params)  # fmt: skip
+                           params_before, new_state.params)  # fmt: skip
     flat = jax.tree_util.tree_flatten_with_path(changed)[0]
     frozen = [jax.tree_util.keystr(path) for path, moved in flat if not moved]
     assert not frozen, f"parameters without gradient: {frozen}"

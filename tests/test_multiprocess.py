@@ -157,11 +157,11 @@ def test_a_killed_two_process_run_resumes_from_its_checkpoint(trained, cache, tm
     workdir = str(tmp_path / "killed")
     stop_dir = tmp_path / "stops"
     stop_dir.mkdir()
-    env = {"OCCREID_STOP_AT_BATCH": "3", "OCCREID_STOP_DIR": str(stop_dir), **cache}
+    env = {"OCCREID_STOP_AT_BATCH": "4", "OCCREID_STOP_DIR": str(stop_dir), **cache}
     runs = _start(workdir, config, processes=2, devices=2, module="tests.multiprocess_driver",
                   env=env)  # fmt: skip
     deadline = time.monotonic() + TIMEOUT
-    try:  # both processes wait for their 4th batch, after the checkpoint of step 2
+    try:  # both wait for their 5th batch (fetched 2 ahead: before step 4), after step 3
         while len(os.listdir(stop_dir)) < 2:
             for proc, _, err in runs:
                 assert proc.poll() is None, _read(err)[-3000:]
@@ -169,12 +169,14 @@ def test_a_killed_two_process_run_resumes_from_its_checkpoint(trained, cache, tm
             time.sleep(0.5)
     finally:
         _kill(runs)
+    assert _train_steps_logged(workdir) == [1, 2, 3]  # killed after step 3, before step 4
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
     assert not os.path.exists(os.path.join(workdir, "results.json"))
 
     out = _wait(_start(workdir, config, processes=2, devices=2, env=cache))
     assert "resuming at step 2" in out[0]
-    assert _train_steps_logged(workdir) == [1, 2, 3, 3, 4]  # step 3 again after the kill
+    # Step 3, logged before the kill, is dropped on resuming from step 2 and logged once again.
+    assert _train_steps_logged(workdir) == [1, 2, 3, 4]
 
     # Exactly the uninterrupted two-process run.
     straight = trained["two"]

@@ -155,7 +155,8 @@ def test_the_same_step_runs_under_jit_of_shard_map():
             # Without the varying-manual-axes check, as under pmap: autodiff does not insert a
             # psum for the replicated params, train_step's own pmean averages the gradients.
             check_vma=False,
-        )
+        ),
+        donate_argnums=0,  # as the pmapped step: the new state reuses the old one's buffers
     )
     batch = _global_batch()
     # SGD: Adam's first step is sign-like, so near-zero gradients would amplify rounding.

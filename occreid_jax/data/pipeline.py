@@ -99,10 +99,14 @@ def _numpy_batches(ds: tf.data.Dataset, split: Split) -> Iterator[dict]:
             ) from error
 
 
-def _options() -> tf.data.Options:
+def _options(threads: int | None = None) -> tf.data.Options:
+    """Deterministic order; `threads` caps tf.data's pool (None: one thread per core)."""
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_optimization.map_parallelization = True
+    if threads:
+        options.threading.private_threadpool_size = threads
+        options.threading.max_intra_op_parallelism = 1
     return options
 
 
@@ -121,6 +125,7 @@ def train_batches(
     with_keypoints: bool = False,
     shard: tuple[int, int] = (0, 1),
     pair_geometry: bool = False,
+    threads: int | None = None,
 ) -> Iterator[dict]:
     """Infinite training batches starting at `start_step` (resumes mid-epoch exactly).
 
@@ -129,7 +134,8 @@ def train_batches(
     rows of its own devices, D = num_devices / processes of them, augmented exactly as one
     process driving every device would (the seed of an image is its global slot).
     `pair_geometry` crops and flips the second image of each identity's K like the first
-    (the same-camera pairs of `IdentitySampler(same_camera_pairs=True)`).
+    (the same-camera pairs of `IdentitySampler(same_camera_pairs=True)`). `threads` caps
+    tf.data's thread pool (benchmarks/pipeline_benchmark.py; None: all cores).
 
     Yields dicts of numpy arrays (b = B / num_devices images per device):
       images: [D, b, H, W, 3] float32, ImageNet-normalised.
@@ -196,7 +202,7 @@ def train_batches(
     ds = ds.map(one_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True)
     ds = ds.map(lambda batch: _to_devices(batch, num_devices // shard[1]))
-    ds = ds.prefetch(2).with_options(_options())
+    ds = ds.prefetch(2).with_options(_options(threads))
     return _numpy_batches(ds, split)
 
 

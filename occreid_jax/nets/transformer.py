@@ -62,10 +62,11 @@ class FeedForward(nn.Module):
 
 def attention(num_heads: int, dropout: float, dtype: Any, train: bool, name: str) -> nn.Module:
     """DETR's multi-head attention (Xavier kernels, attention dropout), built inside a parent
-    module's compact method."""
+    module's compact method. The softmax runs in float32 whatever the compute dtype."""
     return nn.MultiHeadDotProductAttention(
         num_heads,
         dtype=dtype,
+        force_fp32_for_softmax=True,
         dropout_rate=dropout,
         deterministic=not train,
         kernel_init=xavier,
