@@ -105,14 +105,13 @@ def test_bfloat16_models_take_every_softmax_in_float32(model_name, tiny_config):
     assert _exp_input_dtypes(jaxpr) == {np.dtype(np.float32)}  # attention, parts, segmentation
 
 
-# (max, mean) of |loss_bf16 - loss_f32| / loss_f32 over the 30 steps. Measured when this was
-# written: baseline 2.0% / 0.6% (a run with warm-up), Pirt 5.9% / 1.3% (its first 4 steps
-# within 0.1%: the two trajectories part slowly, as any two runs whose roundings differ do).
+# (max, mean) of |loss_bf16 - loss_f32| / loss_f32 over the 30 steps. Measured on jax 0.10.2
+# CPU (2026-12-03): baseline 3.8% / 1.2%, Pirt 5.9% / 1.3% (its first 4 steps within 0.1%: the
+# two trajectories part slowly, as any two runs whose roundings differ do), MAT 4.8% / 1.8%.
+# MAT drifted up to 14% (9% at step 5) with the earlier L_fc that compared warped segmentations;
+# with the feature L_fc (stop-gradient backbone maps) it tracks float32 like the others. Which
+# term of the earlier objective amplified the rounding was not pinned down.
 TOLERANCE = {"baseline": (0.05, 0.015), "pirt": (0.08, 0.02), "mat": (0.08, 0.02)}
-MAT_OPEN = (
-    "open: MAT in bfloat16 departs from float32 by up to 14% of the loss within 30 steps "
-    "(9% at step 5), unlike the baseline and Pirt; which term needs float32 is not found yet"
-)
 
 
 @pytest.mark.slow
@@ -121,7 +120,7 @@ MAT_OPEN = (
     [
         "baseline",
         pytest.param("pirt", marks=pytest.mark.full_xla),
-        pytest.param("mat", marks=pytest.mark.xfail(strict=True, reason=MAT_OPEN)),
+        "mat",
     ],
 )
 def test_bfloat16_tracks_float32_for_30_steps(model_name, tiny_config, tmp_path):
