@@ -108,9 +108,9 @@ def test_bfloat16_models_take_every_softmax_in_float32(model_name, tiny_config):
 # (max, mean) of |loss_bf16 - loss_f32| / loss_f32 over the 30 steps. Measured on jax 0.10.2
 # CPU (2026-12-03): baseline 3.8% / 1.2%, Pirt 5.9% / 1.3% (its first 4 steps within 0.1%: the
 # two trajectories part slowly, as any two runs whose roundings differ do), MAT 4.8% / 1.8%.
-# MAT drifted up to 14% (9% at step 5) with the earlier L_fc that compared warped segmentations;
-# with the feature L_fc (stop-gradient backbone maps) it tracks float32 like the others. Which
-# term of the earlier objective amplified the rounding was not pinned down.
+# MAT drifted up to 14% (9% at step 5) when this test was written, most likely before the
+# feature L_fc (stop-gradient backbone maps) replaced the segmentation L_fc; it was not
+# re-measured which change removed the drift.
 TOLERANCE = {"baseline": (0.05, 0.015), "pirt": (0.08, 0.02), "mat": (0.08, 0.02)}
 
 
