@@ -1,7 +1,8 @@
 """The flow probe: which motion does MAT's feature consistency (L_fc) reward on this data?
 
 Scores L_fc, as the config computes it (what it compares, which pairs), on N training groups
-drawn by the training sampler and pipeline, under the flows of `occreid_jax/reference_flows.py`:
+drawn by the training sampler and pipeline, under the flows of
+`occreid_jax/probes/reference_flows.py`:
 no motion, one global translation and one global affine fitted to ground-truth joints, the
 learned flow of a checkpoint, the learned motions under a uniform segmentation, the best
 single part's motion, and the ground-truth part flow (nearest-joint partition of A, one
@@ -29,12 +30,13 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from occreid_jax import families, flow_probe, reference_flows
+from occreid_jax import families
 from occreid_jax.data import datasets
 from occreid_jax.errors import UserError
 from occreid_jax.losses.objectives import MatLossConfig
 from occreid_jax.nets.mat import COCO_GROUPS
-from occreid_jax.run import Run
+from occreid_jax.probes import flow_probe, reference_flows
+from occreid_jax.training.run import Run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "MAT config file and variant.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "run whose latest checkpoint gives the features")

@@ -17,9 +17,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from occreid_jax import families, optim
+from occreid_jax import families
 from occreid_jax.config_files import load_config_file
-from occreid_jax.train import create_train_state, parallel_train_step
+from occreid_jax.training import optim
+from occreid_jax.training.train import create_train_state, parallel_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("baseline", "pirt", "mat")

@@ -42,9 +42,10 @@ def _batch(batch: int, k: int, size: tuple[int, int], seed: int = 0):
 
 
 def jax_step(args, images, labels, num_classes):
-    from occreid_jax import families, optim
+    from occreid_jax import families
     from occreid_jax.losses.objectives import LossConfig, baseline_objective
-    from occreid_jax.train import create_train_state, parallel_train_step
+    from occreid_jax.training import optim
+    from occreid_jax.training.train import create_train_state, parallel_train_step
 
     cfg = ml_collections.ConfigDict(
         dict(

@@ -60,7 +60,7 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     config.model.backbone = "resnet50_ibn_a"
     config.model.last_stride = 1
     # ImageNet weights of the backbone: resnet50_ibn_a-d9d0bb7b.pth (IBN-Net) or torchvision's
-    # resnet50 .pth, or a folder written by `python -m occreid_jax.convert`; "" = from scratch.
+    # resnet50 .pth, or a folder written by `python -m occreid_jax.nets.convert`; "" = from scratch.
     config.model.backbone_init = ""
 
     config.data = ml_collections.ConfigDict()
@@ -91,11 +91,11 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     config.data.eval_batch_size = 128
 
     config.pose = ml_collections.ConfigDict()
-    # none | ground_truth | precomputed | online (see occreid_jax/pose.py). The baseline is not
-    # pose-guided; pose-guided models read heatmaps from here.
+    # none | ground_truth | precomputed | online (see occreid_jax/training/pose.py). The baseline
+    # is not pose-guided; pose-guided models read heatmaps from here.
     config.pose.source = "none"
     config.pose.net = "hrnet_w48"  # released Pirt: HRNet W48 (COCO); hrnet_w32 also works
-    # pose_hrnet_w48_256x192.pth, or a folder written by `python -m occreid_jax.convert`.
+    # pose_hrnet_w48_256x192.pth, or a folder written by `python -m occreid_jax.nets.convert`.
     config.pose.init = ""
     # Heatmap store of --mode=heatmaps; "" = <data_dir>/heatmaps/<dataset>-<config>-<net>-<HxW>.
     config.pose.store = ""
@@ -153,7 +153,8 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # size (not in the papers; exact metrics either way). On a GPU, device memory.
     config.eval.memory_mib = 256.0
 
-    # --mode=visrank: pictures of the ranked lists (not in the papers; occreid_jax/visrank.py).
+    # --mode=visrank: pictures of the ranked lists (not in the papers;
+    # occreid_jax/pictures/visrank.py).
     config.vis = ml_collections.ConfigDict()
     config.vis.sort = "worst_ap"  # worst_ap | best_ap | index
     config.vis.num_queries = 20

@@ -7,7 +7,8 @@
     occreid convert hrnet_w48 pose_hrnet_w48_256x192.pth converted/
 
 `occreid MODE ...` is `python -m occreid_jax.main --mode=MODE ...`; `search`, `prepare` and
-`convert` are `python -m occreid_jax.search`, `occreid_jax.data.prepare`, `occreid_jax.convert`.
+`convert` are `python -m occreid_jax.search`, `occreid_jax.data.prepare` and
+`occreid_jax.nets.convert`.
 `--config=NAME:VARIANT` finds the configs shipped with the package from any directory.
 """
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return prepare.main(rest)
     if command == "convert":
-        from occreid_jax import convert
+        from occreid_jax.nets import convert
 
         return convert.main(rest)
     print(f"error: unknown command {command!r}; {USAGE}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from types import ModuleType
 
 
@@ -73,3 +74,16 @@ def resolve_config_arg(value: str) -> str:
     if name not in shipped_configs():
         return value  # config_flags reports the missing file
     return os.path.join(configs_dir(), f"{name}.py") + sep + variant
+
+
+def default_workdir(config_spec: str) -> str:
+    """The run folder used when `--workdir` is not given: `runs/<config>[-<variant>]`.
+
+    "configs/mat.py" gives "runs/mat"; "mat:synthetic,size=tiny" gives
+    "runs/mat-synthetic-size-tiny" (every run of characters other than letters, digits, dots
+    and underscores becomes one hyphen), relative to the working directory.
+    """
+    path, _, arg = config_spec.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0]
+    variant = re.sub(r"[^A-Za-z0-9._]+", "-", arg).strip("-")
+    return os.path.join("runs", f"{name}-{variant}" if variant else name)

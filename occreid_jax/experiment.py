@@ -14,13 +14,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from occreid_jax import distributed, export, families, pose
+from occreid_jax import distributed
+from occreid_jax.bundles import export
+from occreid_jax.bundles.export import load_export
 from occreid_jax.data import datasets, heatmap_store, pipeline
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation.features import eval_dataset, evaluate_splits, extract_features
-from occreid_jax.gallery_search import bundle_embedder
-from occreid_jax.run import Run
-from occreid_jax.train_loop import train_and_evaluate
+from occreid_jax.training import pose
+from occreid_jax.training.run import Run
+from occreid_jax.training.train_loop import train_and_evaluate
 
 __all__ = ["evaluate", "export_bundle", "extract", "precompute_heatmaps", "train_and_evaluate"]
 
@@ -62,25 +64,6 @@ def precompute_heatmaps(config: ml_collections.ConfigDict, workdir: str) -> list
             )
         roots.append(store.root)
     return roots
-
-
-def load_export(config: ml_collections.ConfigDict, run: Run, export_path: str):
-    """(embed_batch, matching rule, config with the bundle's matching settings) of a bundle.
-
-    An export is evaluated with the matching settings stored with it; with `pose.source`
-    online its heatmaps come from the frozen pose net.
-    """
-    bundle = export.load(export_path)
-    if tuple(bundle.image_size) != tuple(config.data.image_size):
-        raise UserError(
-            f"the export takes {tuple(bundle.image_size)} images but data.image_size is "
-            f"{tuple(config.data.image_size)}; pass --config.data.image_size to match"
-        )
-    config = ml_collections.ConfigDict(config.to_dict())
-    for key, value in bundle.matching.items():
-        config.eval[key] = value
-    embed = bundle_embedder(bundle, run.online_pose_fn)
-    return embed, families.get(bundle.model_name).matching, config
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, export_path: str = "") -> dict:

@@ -30,9 +30,9 @@ from occreid_jax.losses.objectives import (
 )
 from occreid_jax.nets import mat_warped_pass
 from occreid_jax.nets.baseline import Baseline
+from occreid_jax.nets.forward import Forward, single_forward
 from occreid_jax.nets.mat import Mat
 from occreid_jax.nets.pirt import Pirt
-from occreid_jax.train import Forward, single_forward
 
 # config.model fields that are not constructor arguments of the model.
 NON_MODEL_FIELDS = ("name", "backbone_init")
@@ -48,7 +48,7 @@ class Family:
       objective: `(aux, labels, cfg) -> (loss, metrics)`.
       loss_config: the settings class `cfg` is an instance of (`from_run_config(config)`).
       training_forward: `settings -> Forward`, how the train step runs the model; None: one
-        train-mode pass (`train.single_forward`).
+        train-mode pass (`nets.forward.single_forward`).
       matching: how embeddings become distances (global feature, optional own rule).
       check_config: `config -> None`, one-line UserErrors for settings only this family reads.
     """

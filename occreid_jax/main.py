@@ -43,7 +43,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     "baseline:synthetic, mat:occluded_duke, pirt:synthetic,size=tiny.",
     lock_config=True,
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, results.json.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Run folder: checkpoints, logs, results.json. Default runs/<config>[-<variant>], e.g. "
+    "runs/mat-synthetic for --config=configs/mat.py:synthetic.",
+)
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 _EXPORT = flags.DEFINE_string(
     "export", "", "eval, visrank: evaluate this export bundle instead of the checkpoint."
@@ -54,7 +59,7 @@ _FORMAT = flags.DEFINE_enum(
     "msgpack",
     ("msgpack", "jax_export", "savedmodel"),
     "export: also write the embedding function as jax.export StableHLO or a TF SavedModel "
-    "(loadable without occreid_jax; see occreid_jax/export_formats.py).",
+    "(loadable without occreid_jax; see occreid_jax/bundles/export_formats.py).",
 )
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", "", "Several processes: process 0's host:port, the same everywhere."
@@ -100,8 +105,13 @@ def _run(argv) -> None:
     ):
         print(distributed.joined_message(), flush=True)  # one line per process
     from occreid_jax import evaluation, experiment
+    from occreid_jax.config_files import default_workdir
 
     workdir, mode = _WORKDIR.value, _MODE.value
+    if workdir is None:
+        workdir = default_workdir(flags.FLAGS["config"].config_filename)
+        if distributed.is_main_process() and mode != "heatmaps":  # heatmaps: stored with the data
+            print(f"workdir: {workdir} (the default for this config; --workdir sets another)")
     lines = []
     if mode == "train":
         record = experiment.train_and_evaluate(config, workdir)
@@ -118,21 +128,21 @@ def _run(argv) -> None:
             f"heatmaps: {root}" for root in experiment.precompute_heatmaps(config, workdir)
         )
     elif mode == "visualize":
-        from occreid_jax import visualize
+        from occreid_jax.pictures import visualize
 
         lines.append(f"visualize: {os.path.dirname(visualize.visualize(config, workdir)[-1])}")
     elif mode == "visrank":
-        from occreid_jax import visrank
+        from occreid_jax.pictures import visrank
 
         lines.extend(f"visrank: {page}" for page in visrank.visrank(config, workdir, _EXPORT.value))
     elif mode == "export":
         path = experiment.export_bundle(config, workdir, _OUTPUT.value)
         if config.pose.init and distributed.is_main_process():  # Pirt: store its pose net too
-            from occreid_jax import bundle_pose
+            from occreid_jax.bundles import bundle_pose
 
             bundle_pose.write_from_config(path, config)
         if _FORMAT.value != "msgpack" and distributed.is_main_process():
-            from occreid_jax import export_formats
+            from occreid_jax.bundles import export_formats
 
             path = export_formats.write(path, _FORMAT.value)
         lines.append(f"export: {path}")
@@ -221,7 +231,7 @@ def _last_line(error: Exception) -> str:
 
 def main() -> None:
     """Entry point: user mistakes end with one line on stderr and exit status 2."""
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.mark_flags_as_required(["config"])
     try:
         app.run(_run, flags_parser=_parse_flags)
     except UserError as error:

@@ -52,8 +52,8 @@ def write_results(out_dir: str, result, image_size: tuple[int, int], matching) -
     """Writes ranks.csv, features.npz, one PNG per query and index.html; returns the page."""
     import numpy as np
 
-    from occreid_jax import rank_pictures
     from occreid_jax.data.image_files import decode_rgb
+    from occreid_jax.pictures import rank_pictures
 
     os.makedirs(out_dir, exist_ok=True)
     query, gallery = result.query, result.gallery
@@ -95,7 +95,8 @@ def _short(path: str, width: int = 10) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Runs the command; returns the exit status (0, or 2 for bad input)."""
     args = _parser().parse_args(argv)
-    from occreid_jax import bundle_pose, export, families
+    from occreid_jax import families
+    from occreid_jax.bundles import bundle_pose, export
     from occreid_jax.data.image_files import UnreadableImageWarning
 
     try:

@@ -118,7 +118,8 @@ def tiny_bundle_dir(tmp_path_factory) -> str:
     Its batch statistics are made non-trivial so that normalisation errors would show."""
     import numpy as np
 
-    from occreid_jax import export, families
+    from occreid_jax import families
+    from occreid_jax.bundles import export
 
     kwargs = dict(TINY_BUNDLE_KWARGS, dtype="float32")
     model = families.build_model("baseline", **kwargs)

@@ -8,8 +8,8 @@ import os
 import ml_collections
 import optax
 
-from occreid_jax import optim
 from occreid_jax.config_files import load_config_file
+from occreid_jax.training import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,8 +13,8 @@ import time
 import jax
 
 from occreid_jax import main as cli
-from occreid_jax.checkpointing import Checkpointer
 from occreid_jax.data import pipeline
+from occreid_jax.training.checkpointing import Checkpointer
 
 STOP_AT = int(os.environ.get("OCCREID_STOP_AT_BATCH", "-1"))
 STOP_DIR = os.environ.get("OCCREID_STOP_DIR", "")

@@ -204,7 +204,7 @@ def _kwargs(**changes):
     ],
 )
 def test_a_broken_bundle_fails_at_load_in_one_line(bundle_dir, tmp_path, edit, expected):
-    from occreid_jax import export
+    from occreid_jax.bundles import export
     from occreid_jax.errors import UserError
 
     path = _edit_bundle(bundle_dir, tmp_path, edit)
@@ -226,7 +226,7 @@ def test_a_truncated_bundle_through_the_cli(trained, bundle_dir, tmp_path):
 def test_embed_checks_the_image_size(bundle_dir):
     import numpy as np
 
-    from occreid_jax import export
+    from occreid_jax.bundles import export
     from occreid_jax.errors import UserError
 
     bundle = export.load(bundle_dir)
@@ -239,7 +239,7 @@ def test_write_is_atomic(bundle_dir, tmp_path, monkeypatch):
     """A write that fails midway leaves the previous bundle whole and no partial folder."""
     import flax.serialization
 
-    from occreid_jax import export
+    from occreid_jax.bundles import export
     from occreid_jax.errors import UserError
 
     bundle = export.load(bundle_dir)
@@ -293,7 +293,7 @@ def test_a_bundle_with_nan_weights_evaluates_to_one_line(trained, bundle_dir, tm
     import jax
     import numpy as np
 
-    from occreid_jax import export
+    from occreid_jax.bundles import export
 
     bundle = export.load(bundle_dir)
     nan = jax.tree.map(lambda x: np.full_like(x, np.nan), bundle.variables)
@@ -319,8 +319,8 @@ def test_the_projects_warnings_print_as_one_line(capsys):
 
 
 def test_the_divergence_guard_by_hand():
-    from occreid_jax.divergence import DivergenceGuard
     from occreid_jax.errors import UserError
+    from occreid_jax.training.divergence import DivergenceGuard
 
     guard = DivergenceGuard()
     guard.check(1, 2.0, 0.1, None)  # the first loss becomes the start
@@ -333,3 +333,30 @@ def test_the_divergence_guard_by_hand():
         guard.check(4, float("nan"), 0.1, 2)
     with pytest.raises(UserError, match="loss inf .*no checkpoint was saved"):
         DivergenceGuard(start_loss=5.0).check(1, float("inf"), 1.0, None)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("configs/mat.py", "runs/mat"),
+        ("configs/mat.py:synthetic", "runs/mat-synthetic"),
+        ("/abs/path/pirt.py:synthetic,size=tiny", "runs/pirt-synthetic-size-tiny"),
+        ("baseline:occluded_duke", "runs/baseline-occluded_duke"),
+    ],
+)
+def test_the_default_workdir_names_the_config_and_variant(spec, expected):
+    from occreid_jax.config_files import default_workdir
+
+    assert default_workdir(spec) == expected
+
+
+def test_the_cards_command_runs_without_a_workdir(tmp_path, monkeypatch):
+    """`python -m occreid_jax.main --config=configs/mat.py` as written: the default workdir is
+    printed first and, on a machine without Occluded-Duke, the run stops with the one-line
+    message about the dataset, having written nothing."""
+    monkeypatch.chdir(tmp_path)
+    config = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "mat.py")
+    code, stderr, stdout = cli(f"--config={config}", f"--config.data.data_dir={tmp_path / 'tfds'}")
+    assert stdout.splitlines()[0].startswith("workdir: runs/mat (the default"), stdout
+    assert_one_line_error(code, stderr, "Occluded-Duke not found")
+    assert not (tmp_path / "runs").exists()

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from helpers import make_optimizer
 
-from occreid_jax import export, families
-from occreid_jax.checkpointing import Checkpointer
+from occreid_jax import families
+from occreid_jax.bundles import export
 from occreid_jax.data import IMAGENET_MEAN, IMAGENET_STD
 from occreid_jax.errors import UserError
 from occreid_jax.losses.objectives import LossConfig, baseline_objective
-from occreid_jax.train import create_train_state, parallel_train_step
+from occreid_jax.training.checkpointing import Checkpointer
+from occreid_jax.training.train import create_train_state, parallel_train_step
 
 IMAGE = (64, 32)
 KWARGS = {"num_classes": 6, "backbone": "resnet_tiny", "last_stride": 1, "dtype": "float32"}

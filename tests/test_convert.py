@@ -16,8 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from occreid_jax import convert
 from occreid_jax.errors import UserError
+from occreid_jax.nets import convert
 
 TORCH_REASON = "conversion tests need PyTorch: pip install -e '.[torch]'"
 SIZES = [(256, 128), (384, 128)]
@@ -222,7 +222,7 @@ def test_missing_torch_is_a_user_error(monkeypatch, tmp_path):
 
 def test_import_does_not_need_torch_and_bad_cli_input_exits_2():
     code = (
-        "import sys, occreid_jax.convert as c; assert 'torch' not in sys.modules; "
+        "import sys, occreid_jax.nets.convert as c; assert 'torch' not in sys.modules; "
         "sys.exit(c.main(['resnet51', 'a.pth', 'out']))"
     )
     result = subprocess.run(
@@ -280,8 +280,9 @@ def test_backbone_init_puts_converted_weights_under_the_baseline_backbone(twins)
     import ml_collections
 
     from configs import baseline
-    from occreid_jax import families, optim, run
-    from occreid_jax.train import create_train_state
+    from occreid_jax import families
+    from occreid_jax.training import optim, run
+    from occreid_jax.training.train import create_train_state
 
     config = baseline.get_config("market1501")
     config.model.backbone = "resnet50_ibn_a"

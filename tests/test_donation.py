@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from occreid_jax import optim, train_loop
 from occreid_jax.data.sampler import IdentitySampler
-from occreid_jax.run import Run
+from occreid_jax.training import optim, train_loop
+from occreid_jax.training.run import Run
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 

@@ -8,7 +8,7 @@ import pytest
 from occreid_jax import experiment
 from occreid_jax.data import pipeline
 from occreid_jax.errors import UserError
-from occreid_jax.run import Run
+from occreid_jax.training.run import Run
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from occreid_jax import export, export_formats, families
+from occreid_jax import families
+from occreid_jax.bundles import export, export_formats
 from occreid_jax.errors import UserError
 
 # Run in a fresh interpreter from a folder outside the repository: only jax / tensorflow.

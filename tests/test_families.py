@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from occreid_jax import experiment, export, families
+from occreid_jax import experiment, families
+from occreid_jax.bundles import export
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation.matching import MatchingRule
 from occreid_jax.losses.classification import cross_entropy_label_smoothing
 from occreid_jax.losses.objectives import LossConfig, require
-from occreid_jax.train import single_forward
+from occreid_jax.nets.forward import single_forward
 
 
 class ToyNet(nn.Module):

@@ -131,7 +131,7 @@ def test_register_dataset_is_one_call(tmp_path, monkeypatch):
 
 
 def test_a_run_evaluates_on_a_folder_by_test_name(tiny_config, tmp_path):
-    from occreid_jax.run import Run
+    from occreid_jax.training.run import Run
 
     config = tiny_config("baseline")
     config.data.test_name = "folder"

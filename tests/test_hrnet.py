@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from occreid_jax.convert import torch_key
+from occreid_jax.nets.convert import torch_key
 from occreid_jax.nets.hrnet import POSE_NETS, HRNet, HRNetW32, HRNetW48
 
 # Parameter counts of the released pose_hrnet_w32/w48 models (torch `parameters()`).

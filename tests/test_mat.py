@@ -12,7 +12,7 @@ from occreid_jax import families
 from occreid_jax.errors import UserError
 from occreid_jax.losses.objectives import MatLossConfig, mat_objective
 from occreid_jax.nets.mat import COCO_GROUPS, group_heatmaps
-from occreid_jax.train import create_train_state, parallel_train_step
+from occreid_jax.training.train import create_train_state, parallel_train_step
 
 IMAGE = (64, 32)  # resnet_tiny: 4 x 2 feature maps
 TINY = dict(
@@ -244,7 +244,7 @@ def test_backbone_segment_features_come_from_their_own_projection():
 
 def test_every_ablation_row_is_a_valid_config():
     from configs import mat
-    from occreid_jax.config_checks import check_config
+    from occreid_jax.training.config_checks import check_config
 
     for table, rows in mat.ABLATIONS.items():
         seen = {}

@@ -8,12 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
-from occreid_jax import experiment, families, flow_probe, visualize
+from occreid_jax import experiment, families
 from occreid_jax.data import datasets
 from occreid_jax.evaluation import evaluate_distance_blocks
 from occreid_jax.evaluation.mat_matching import mat_matcher
 from occreid_jax.nets.mat import COCO_GROUPS
-from occreid_jax.run import Run
+from occreid_jax.pictures import visualize
+from occreid_jax.probes import flow_probe
+from occreid_jax.training.run import Run
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from occreid_jax import flow_probe, motion, reference_flows
+from occreid_jax import motion
 from occreid_jax.errors import UserError
 from occreid_jax.losses import mat as mat_losses
 from occreid_jax.losses.objectives import (
@@ -14,6 +14,7 @@ from occreid_jax.losses.objectives import (
     flow_jacobians,
     mat_objective,
 )
+from occreid_jax.probes import flow_probe, reference_flows
 
 IDENTITY = np.broadcast_to(np.eye(2, dtype=np.float32), (2, 2, 2))
 

@@ -18,7 +18,7 @@ import pytest
 
 from configs import baseline
 from occreid_jax import experiment
-from occreid_jax.run import Run
+from occreid_jax.training.run import Run
 
 pytestmark = pytest.mark.slow
 

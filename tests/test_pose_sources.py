@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from configs import baseline
-from occreid_jax import convert, experiment, optim, pose
+from occreid_jax import experiment
 from occreid_jax.data import augment, datasets
 from occreid_jax.errors import UserError
 from occreid_jax.losses.objectives import LossConfig, baseline_objective
-from occreid_jax.train import create_train_state, parallel_train_step
+from occreid_jax.nets import convert
+from occreid_jax.training import optim, pose
+from occreid_jax.training.train import create_train_state, parallel_train_step
 
 
 class HeatmapProbe(nn.Module):

@@ -5,7 +5,7 @@ import io
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from occreid_jax.progress import CompletedSteps
+from occreid_jax.training.progress import CompletedSteps
 
 
 class FakeClock:

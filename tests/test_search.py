@@ -8,11 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
-from occreid_jax import export, families, gallery_search, rank_pictures, search
+from occreid_jax import families, search
+from occreid_jax.bundles import export, gallery_search
 from occreid_jax.data import image_files
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation import pirt_matching
 from occreid_jax.evaluation.distances import pairwise_distance
+from occreid_jax.pictures import rank_pictures
 
 
 def _dense_top_k(d, k):
@@ -153,8 +155,9 @@ def test_a_pirt_bundle_with_its_pose_net_searches_without_pose_flag(
     import flax.linen as nn
     import jax
 
-    from occreid_jax import bundle_pose, convert
+    from occreid_jax.bundles import bundle_pose
     from occreid_jax.data import IMAGENET_MEAN, IMAGENET_STD
+    from occreid_jax.nets import convert
 
     class StandInPose(nn.Module):  # [B, H, W, 3] -> [B, H/4, W/4, 17] in (0, 1)
         @nn.compact
@@ -204,7 +207,9 @@ def test_a_pirt_bundle_with_its_pose_net_searches_without_pose_flag(
 def test_export_stores_the_pose_net_only_for_models_that_read_heatmaps(
     tiny_bundle_dir, tiny_config, tmp_path, monkeypatch
 ):
-    from occreid_jax import bundle_pose, convert, pose
+    from occreid_jax.bundles import bundle_pose
+    from occreid_jax.nets import convert
+    from occreid_jax.training import pose
 
     stored = {"params": {"w": np.arange(3.0)}}
     monkeypatch.setattr(pose, "load_pose_net", lambda config: (None, stored))

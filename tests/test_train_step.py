@@ -8,9 +8,10 @@ import optax
 import pytest
 from helpers import make_optimizer
 
-from occreid_jax import families, optim
+from occreid_jax import families
 from occreid_jax.losses.objectives import LossConfig, baseline_objective
-from occreid_jax.train import create_train_state, parallel_train_step, train_step
+from occreid_jax.training import optim
+from occreid_jax.training.train import create_train_state, parallel_train_step, train_step
 
 IMAGE = (64, 32)
 

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from occreid_jax import rank_pictures, visrank
 from occreid_jax.errors import UserError
+from occreid_jax.pictures import rank_pictures, visrank
 
 
 def test_borders_follow_the_protocol():

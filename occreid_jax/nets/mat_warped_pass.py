@@ -1,7 +1,7 @@
 """MAT's training forward: the batch, then a randomly TPS-warped copy of it (FOMM's equivariance).
 
 The MAT family's training forward (`occreid_jax/families.py`); a forward is
-`(apply_fn, variables, batch, rng) -> (aux, updates)` (see `train.py`). This one
+`(apply_fn, variables, batch, rng) -> (aux, updates)` (see `nets/forward.py`). This one
 runs the model on the batch in train mode, and, when the model has keypoints, draws one random
 warp per image (`motion.random_tps`: affine sigma 0.05, TPS sigma 0.005 on 5 x 5 control
 points), warps the images backwards (`X'(p) = X(T(p))`, bilinear, zeros outside) and runs the

@@ -7,7 +7,7 @@ A bundle is a folder with two files:
 
 `load(path)` needs neither the training code nor a config file:
 
-  bundle = occreid_jax.export.load("runs/demo/export")
+  bundle = occreid_jax.bundles.export.load("runs/demo/export")
   features = bundle.embed(images)   # images [B, H, W, 3] RGB 0..255 at bundle.image_size
   features["global"]                # [B, D] float32
   bundle.embed(images, heatmaps)    # pose-guided models (Pirt): heatmaps [B, H/4, W/4, 17]
@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.serialization
 import jax
@@ -37,7 +37,12 @@ from occreid_jax import families
 from occreid_jax.data import IMAGENET_MEAN, IMAGENET_STD
 from occreid_jax.errors import UserError
 
-FORMAT = "occreid_jax.export/1"
+if TYPE_CHECKING:
+    import ml_collections
+
+    from occreid_jax.training.run import Run
+
+FORMAT = "occreid_jax.bundles.export/1"
 DESCRIPTION, VARIABLES = "model.json", "variables.msgpack"
 DESCRIPTION_KEYS = ("model", "model_kwargs", "image_size", "mean", "std", "matching")
 
@@ -69,14 +74,14 @@ class Bundle:
 
     def embed_files(self, paths, **options):
         """Features of image files or folders of any size (`gallery_search.embed_files`)."""
-        from occreid_jax import gallery_search
+        from occreid_jax.bundles import gallery_search
 
         return gallery_search.embed_files(self, paths, **options)
 
     def search(self, query_paths, gallery_paths, top_k: int = 10, **options):
         """Each query's top-k gallery files by the model's matching rule
         (`gallery_search.search`)."""
-        from occreid_jax import gallery_search
+        from occreid_jax.bundles import gallery_search
 
         return gallery_search.search(self, query_paths, gallery_paths, top_k, **options)
 
@@ -264,3 +269,26 @@ def load(path: str) -> Bundle:
         embed=embed,
         embed_normalized=embed_normalized,
     )
+
+
+def load_export(config: ml_collections.ConfigDict, run: Run, export_path: str):
+    """(embed_batch, matching rule, config with the bundle's matching settings) of a bundle.
+
+    An export is evaluated with the matching settings stored with it; with `pose.source`
+    online its heatmaps come from the frozen pose net.
+    """
+    import ml_collections
+
+    from occreid_jax.bundles.gallery_search import bundle_embedder
+
+    bundle = load(export_path)
+    if tuple(bundle.image_size) != tuple(config.data.image_size):
+        raise UserError(
+            f"the export takes {tuple(bundle.image_size)} images but data.image_size is "
+            f"{tuple(config.data.image_size)}; pass --config.data.image_size to match"
+        )
+    config = ml_collections.ConfigDict(config.to_dict())
+    for key, value in bundle.matching.items():
+        config.eval[key] = value
+    embed = bundle_embedder(bundle, run.online_pose_fn)
+    return embed, families.get(bundle.model_name).matching, config

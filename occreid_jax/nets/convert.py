@@ -19,7 +19,7 @@ dict, or one under a top-level "state_dict" / "model" entry; a `module.` prefix
 
 Command line (writes an orbax checkpoint that `load_variables` reads back):
 
-    python -m occreid_jax.convert resnet50_ibn_a resnet50_ibn_a-d9d0bb7b.pth ~/weights/ibn_a
+    python -m occreid_jax.nets.convert resnet50_ibn_a resnet50_ibn_a-d9d0bb7b.pth ~/weights/ibn_a
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ def _restore(arch: str, directory: str) -> dict:
     if not os.path.isfile(meta_path):
         raise UserError(
             f"{directory} is not a converted checkpoint (no {META_FILE}); "
-            "write one with: python -m occreid_jax.convert ARCH SRC.pth DST"
+            "write one with: python -m occreid_jax.nets.convert ARCH SRC.pth DST"
         )
     with open(meta_path) as f:
         saved_arch = json.load(f).get("arch")
@@ -281,7 +281,7 @@ def _restore(arch: str, directory: str) -> dict:
 
 def load_variables(arch: str, path: str) -> dict:
     """Pretrained variables {"params", "batch_stats"} of `arch` from a PyTorch .pth file or a
-    directory written by `python -m occreid_jax.convert` (what `model.backbone_init` and
+    directory written by `python -m occreid_jax.nets.convert` (what `model.backbone_init` and
     `pose.init` may point at)."""
     build(arch)
     path = os.path.abspath(os.path.expanduser(path))
@@ -290,12 +290,12 @@ def load_variables(arch: str, path: str) -> dict:
     if not os.path.exists(path):
         raise UserError(
             f"no pretrained weights at {path}; give a .pth file or a directory written by "
-            "python -m occreid_jax.convert"
+            "python -m occreid_jax.nets.convert"
         )
     return convert_checkpoint(arch, path)[1]
 
 
-USAGE = f"usage: python -m occreid_jax.convert {{{','.join(ARCHS)}}} SRC.pth DST"
+USAGE = f"usage: python -m occreid_jax.nets.convert {{{','.join(ARCHS)}}} SRC.pth DST"
 
 
 def main(argv: list[str]) -> int:

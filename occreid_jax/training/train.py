@@ -10,11 +10,10 @@ over all devices. It is wrapped by `jax.pmap(..., in_axes=(None, 0, None), out_a
 state into the old one's buffers, so a step holds one copy of params and optimiser state, not
 two; the caller must not touch the state it passed in after the call.
 
-How the model is run on the batch is a `Forward` hook,
-`forward(apply_fn, variables, batch, rng) -> (aux, updates)`: `single_forward` (one pass, the
-default) or the model family's own (`families.py`; MAT: a second pass on a TPS-warped copy,
-`nets/mat_warped_pass.py`). The hook runs inside the differentiated loss, so gradients flow
-through every pass it makes. The loop that drives the step is `train_loop.py`.
+How the model is run on the batch is a `Forward` hook (`nets/forward.py`): one pass by
+default, or the model family's own (MAT: a second pass on a TPS-warped copy). The hook runs
+inside the differentiated loss, so gradients flow through every pass it makes. The loop that
+drives the step is `training/train_loop.py`.
 
 The same function runs under `jax.jit(jax.shard_map(train_step, mesh, in_specs=(P(), P("batch")),
 out_specs=(P(), P()), check_vma=False), donate_argnums=0)`. Keep `check_vma=False` there: with
@@ -35,9 +34,7 @@ import optax
 from flax.training import train_state
 
 from occreid_jax.distributed import AXIS, replicate
-
-# (apply_fn, variables, batch, rng) -> (aux, updates of the mutable collections).
-Forward = Callable[[Callable, dict, dict, jax.Array], tuple[dict, Any]]
+from occreid_jax.nets.forward import Forward, single_forward
 
 
 class TrainState(train_state.TrainState):
@@ -70,24 +67,6 @@ def create_train_state(
         rng=state_rng,
     )
     return replicate(state.replace(step=jnp.asarray(0, jnp.int32)))
-
-
-def single_forward(apply_fn: Callable, variables: dict, batch: dict, rng: jax.Array):
-    """The default `Forward`: one train-mode pass on the batch (heatmaps passed if present).
-
-    Returns:
-      (aux, updates): the model's aux dict and its new "batch_stats".
-    """
-    model_inputs = {"heatmaps": batch["heatmaps"]} if "heatmaps" in batch else {}
-    (_, aux), updates = apply_fn(
-        variables,
-        batch["images"],
-        train=True,
-        mutable=["batch_stats"],
-        rngs={"dropout": rng},
-        **model_inputs,
-    )
-    return aux, updates
 
 
 def train_step(

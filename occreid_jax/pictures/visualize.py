@@ -111,7 +111,7 @@ def _subset(split: datasets.Split, indices: list[int]) -> datasets.Split:
 def visualize(config: ml_collections.ConfigDict, workdir: str, num_queries: int = 4) -> list[str]:
     """Writes the strips of the workdir's latest checkpoint; returns the PNG paths."""
     from occreid_jax.evaluation.features import eval_dataset
-    from occreid_jax.run import Run
+    from occreid_jax.training.run import Run
 
     exp = Run(config, workdir)
     model, _, state = exp.restored_state()

@@ -58,7 +58,7 @@ def write(bundle_path: str, pose_net: str, variables) -> str:
 
 def load(folder: str):
     """(flax module, variables) of the pose net stored in `folder`."""
-    from occreid_jax import convert
+    from occreid_jax.nets import convert
 
     with open(os.path.join(folder, DESCRIPTION)) as f:
         net = json.load(f).get("net", "")
@@ -72,7 +72,7 @@ def load(folder: str):
 def write_from_config(bundle_path: str, config) -> str:
     """Stores the configured pose net (`pose.net` from `pose.init`) in the bundle if its model
     reads heatmaps; returns the pose folder, or "" when the model needs none."""
-    from occreid_jax import pose
+    from occreid_jax.training import pose
 
     with open(os.path.join(bundle_path, "model.json")) as f:
         description = json.load(f)

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from occreid_jax import families
-from occreid_jax.bundle_pose import needs_heatmaps
+from occreid_jax.bundles.bundle_pose import needs_heatmaps
 from occreid_jax.data import image_files
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation import blocks
@@ -64,10 +64,11 @@ class SearchResult:
 
 def pose_function(pose: str, pose_net: str = "hrnet_w48"):
     """Normalised images [D, b, H, W, 3] -> heatmaps [D, b, H/4, W/4, 17] from a COCO HRNet
-    checkpoint (a .pth file, converted on the fly, or a folder from occreid_jax.convert) or a
+    checkpoint (a .pth file, converted on the fly, or a folder from occreid_jax.nets.convert) or a
     bundle's own pose folder (`bundle_pose.py`, which names its net)."""
-    from occreid_jax import bundle_pose, convert
-    from occreid_jax import pose as pose_lib
+    from occreid_jax.bundles import bundle_pose
+    from occreid_jax.nets import convert
+    from occreid_jax.training import pose as pose_lib
 
     if bundle_pose.is_pose_folder(pose):
         return pose_lib.parallel_pose_fn(*bundle_pose.load(pose))

@@ -19,18 +19,20 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from occreid_jax import distributed, flow_probe, optim, pose
+from occreid_jax import distributed
 from occreid_jax.data import pipeline
 from occreid_jax.data.device_prefetch import prefetch_to_devices
 from occreid_jax.data.sampler import IdentitySampler
 from occreid_jax.distributed import replicate
-from occreid_jax.divergence import DivergenceGuard
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation.features import evaluate_splits
-from occreid_jax.metrics_log import MetricsLog
-from occreid_jax.progress import CompletedSteps
-from occreid_jax.run import Run, init_backbone
-from occreid_jax.train import create_train_state, parallel_train_step
+from occreid_jax.probes import flow_probe
+from occreid_jax.training import optim, pose
+from occreid_jax.training.divergence import DivergenceGuard
+from occreid_jax.training.metrics_log import MetricsLog
+from occreid_jax.training.progress import CompletedSteps
+from occreid_jax.training.run import Run, init_backbone
+from occreid_jax.training.train import create_train_state, parallel_train_step
 
 
 class _Record:

@@ -25,14 +25,14 @@ import re
 import ml_collections
 import numpy as np
 
-from occreid_jax import rank_pictures
+from occreid_jax.bundles.export import load_export
+from occreid_jax.bundles.gallery_search import top_k
 from occreid_jax.data import datasets
 from occreid_jax.data.image_files import decode_rgb
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation.features import eval_dataset, extract_features, match_and_rank
-from occreid_jax.experiment import load_export
-from occreid_jax.gallery_search import top_k
-from occreid_jax.run import Run
+from occreid_jax.pictures import rank_pictures
+from occreid_jax.training.run import Run
 
 SORTS = ("worst_ap", "best_ap", "index")
 # Embeddings printed under each image: per-part confidence (Pirt) or visibility (MAT).
@@ -77,7 +77,7 @@ def _scores(features: dict, index: int) -> str:
 
 def _embedding(config, workdir: str, export_path: str):
     """(embed_batch, matching rule, config with the matching settings, run): a checkpoint's
-    or a bundle's (`experiment.load_export`)."""
+    or a bundle's (`bundles.export.load_export`)."""
     run = Run(config, workdir)
     if export_path:
         return (*load_export(config, run, export_path), run)

@@ -14,14 +14,15 @@ import os
 import jax
 import ml_collections
 
-from occreid_jax import distributed, families, optim, pose
-from occreid_jax.checkpointing import Checkpointer
-from occreid_jax.config_checks import check_config
+from occreid_jax import distributed, families
 from occreid_jax.data import datasets
 from occreid_jax.distributed import replicate
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation.features import eval_dataset
-from occreid_jax.train import create_train_state, parallel_embed
+from occreid_jax.training import optim, pose
+from occreid_jax.training.checkpointing import Checkpointer
+from occreid_jax.training.config_checks import check_config
+from occreid_jax.training.train import create_train_state, parallel_embed
 
 
 def signature(config: ml_collections.ConfigDict, kwargs: dict) -> dict:
@@ -168,7 +169,7 @@ def init_backbone(state, config):
     """Loads ImageNet weights (`model.backbone_init`) into `params/batch_stats["backbone"]`."""
     if not config.model.backbone_init:
         return state
-    from occreid_jax import convert
+    from occreid_jax.nets import convert
 
     pretrained = convert.load_variables(config.model.backbone, config.model.backbone_init)
     for collection, current in (("params", state.params), ("batch_stats", state.batch_stats)):

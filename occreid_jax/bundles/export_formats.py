@@ -24,8 +24,8 @@ import os
 import jax
 import jax.numpy as jnp
 
+from occreid_jax.bundles.gallery_search import needs_heatmaps
 from occreid_jax.errors import UserError
-from occreid_jax.gallery_search import needs_heatmaps
 
 FORMATS = ("msgpack", "jax_export", "savedmodel")
 JAX_EXPORT_FILE = "model.jax_export"
@@ -90,7 +90,7 @@ def write_savedmodel(bundle, folder: str) -> str:
 
 def write(bundle_path: str, export_format: str) -> str:
     """Adds the portable file of `export_format` to the bundle at `bundle_path`; returns it."""
-    from occreid_jax import export
+    from occreid_jax.bundles import export
 
     if export_format not in FORMATS:
         raise UserError(f"unknown --format={export_format}; use one of {', '.join(FORMATS)}")

@@ -18,7 +18,7 @@ import numpy as np
 from occreid_jax.data import pipeline
 from occreid_jax.data.sampler import IdentitySampler
 from occreid_jax.losses.objectives import consistency_maps, flow_jacobians
-from occreid_jax.reference_flows import (
+from occreid_jax.probes.reference_flows import (
     BACKGROUND_RADIUS,
     constant_segmentation,
     global_affine,

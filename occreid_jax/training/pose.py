@@ -43,13 +43,13 @@ def check(config: ml_collections.ConfigDict) -> None:
 
 def load_pose_net(config: ml_collections.ConfigDict):
     """(module, variables) of the frozen pose net `pose.net` from `pose.init`."""
-    from occreid_jax import convert
+    from occreid_jax.nets import convert
 
     if not config.pose.init:
         raise UserError(
             f"pose.init is empty; point --config.pose.init at the COCO {config.pose.net} "
             f"weights (pose_{config.pose.net}_256x192.pth, or a folder converted by "
-            "python -m occreid_jax.convert)"
+            "python -m occreid_jax.nets.convert)"
         )
     return convert.build(config.pose.net), convert.load_variables(config.pose.net, config.pose.init)
 

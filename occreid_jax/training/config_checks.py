@@ -12,12 +12,13 @@ import math
 import jax
 import ml_collections
 
-from occreid_jax import evaluation, families, optim, pose
+from occreid_jax import evaluation, families
 from occreid_jax.data.sampler import check_batch_layout
 from occreid_jax.errors import UserError
+from occreid_jax.training import optim, pose
 
 TRIPLET_METRICS = ("euclidean", "sqeuclidean", "cosine")
-# Backbones with converters for ImageNet checkpoints (occreid_jax/convert.py).
+# Backbones with converters for ImageNet checkpoints (occreid_jax/nets/convert.py).
 PRETRAINED_BACKBONES = ("resnet50", "resnet50_ibn_a")
 DTYPES = ("float32", "bfloat16")
 
