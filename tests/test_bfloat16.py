@@ -1,22 +1,33 @@
 """bfloat16 compute trains like float32 on the tiny models; what must stay float32 does.
 
 30 steps of each tiny model on the same synthetic batches (the shared tiny build, the real
-augmentation), once with `train.dtype=float32`, once with bfloat16. Stated tolerance
-(`TOLERANCE`): the loss of every step, and their mean, within a fraction of float32's; the
-same top-1 (classifier) accuracy on 4 held-out batches, give or take two images (after 30
-steps the tiny baseline is at 25-31% over 8 identities, so near-ties flip: 8 vs 10 of 32 when
-this was written); parameters, BatchNorm statistics, optimiser state, logits, every softmax
-and the loss in float32.
+augmentation), once with `train.dtype=float32`, once with bfloat16. Stated tolerances:
+
+* training (`TOLERANCE`): the loss of every step, and their mean, within a fraction of
+  float32's;
+* inference (`FEATURE_COSINE`, `LOGIT_ERROR`): the float32-trained weights run in bfloat16
+  give the same embeddings (cosine per image) and logits (largest error against the logit
+  range) as in float32, on every held-out image;
+* parameters, BatchNorm statistics, optimiser state, logits, every softmax and the loss stay
+  float32.
+
+Not asserted: that the two trained models have the same top-1 accuracy. After 30 steps the
+tiny models sit at 10-30% over 8 identities on 32 held-out images, and the two trajectories
+part as any two runs whose roundings differ: XLA's CPU code path alone (the vector ISA it
+compiles for) moves float32's own top-1 from 0.25 to 0.19 and bfloat16's to 0.31 or 0.09
+(`XLA_FLAGS=--xla_cpu_max_isa=SSE4_2` against AVX-512, 2026-12-05). A check on that figure
+measured the machine, not the code.
 """
 
 import jax
 import numpy as np
 import pytest
 
-from occreid_jax import families, optim
+from occreid_jax import families
 from occreid_jax.data import pipeline
 from occreid_jax.data.sampler import IdentitySampler
-from occreid_jax.run import Run
+from occreid_jax.training import optim
+from occreid_jax.training.run import Run
 
 STEPS, HELD_OUT = 30, 4
 
@@ -36,7 +47,7 @@ def _batches(config, split, devices):
 
 def _train(config, split, batches, dtype):
     """(losses [STEPS], state, model) after STEPS steps in `dtype`."""
-    from occreid_jax.train import create_train_state, parallel_train_step
+    from occreid_jax.training.train import create_train_state, parallel_train_step
 
     config.train.dtype = dtype
     family = families.get(config.model.name)
@@ -55,20 +66,33 @@ def _train(config, split, batches, dtype):
     return np.asarray(losses), state, model
 
 
-def _top1(model, state, batches) -> tuple[float, int]:
-    """(top-1 accuracy of the logits on the held-out batches, number of images)."""
-    correct, total = 0, 0
+def _infer(model, state, batches) -> tuple[list[np.ndarray], np.ndarray]:
+    """The eval-mode outputs of `state`'s weights on the held-out batches.
+
+    Returns:
+      (embeddings: every embedding leaf as [N, D] float32, flattened per image;
+       logits [N, classes] float32, Pirt's stripe branch).
+    """
+    embeddings, logits = [], []
     for batch in batches:
         flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()}
         inputs = {"heatmaps": flat["heatmaps"]} if "heatmaps" in flat else {}
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        _, aux = model.apply(variables, flat["images"], train=False, **inputs)
-        logits = aux["logits"]
-        logits = logits["stripe"] if isinstance(logits, dict) else logits  # Pirt: per branch
-        assert logits.dtype == np.float32  # heads and losses stay float32
-        correct += int((np.argmax(logits, -1) == flat["labels"]).sum())
-        total += len(flat["labels"])
-    return correct / total, total
+        out, aux = model.apply(variables, flat["images"], train=False, **inputs)
+        batch_logits = aux["logits"]
+        if isinstance(batch_logits, dict):  # Pirt: per branch
+            batch_logits = batch_logits["stripe"]
+        assert batch_logits.dtype == np.float32  # heads and losses stay float32
+        logits.append(np.asarray(batch_logits))
+        embeddings.append([np.asarray(leaf, np.float32) for leaf in jax.tree.leaves(out)])
+    leaves = [np.concatenate(parts) for parts in zip(*embeddings, strict=True)]
+    return [leaf.reshape(len(leaf), -1) for leaf in leaves], np.concatenate(logits)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-row cosine similarity of two [N, D] arrays -> [N]."""
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
 
 
 def _exp_input_dtypes(jaxpr) -> set:
@@ -106,12 +130,16 @@ def test_bfloat16_models_take_every_softmax_in_float32(model_name, tiny_config):
 
 
 # (max, mean) of |loss_bf16 - loss_f32| / loss_f32 over the 30 steps. Measured on jax 0.10.2
-# CPU (2026-12-03): baseline 3.8% / 1.2%, Pirt 5.9% / 1.3% (its first 4 steps within 0.1%: the
-# two trajectories part slowly, as any two runs whose roundings differ do), MAT 4.8% / 1.8%.
-# MAT drifted up to 14% (9% at step 5) when this test was written, most likely before the
-# feature L_fc (stop-gradient backbone maps) replaced the segmentation L_fc; it was not
-# re-measured which change removed the drift.
-TOLERANCE = {"baseline": (0.05, 0.015), "pirt": (0.08, 0.02), "mat": (0.08, 0.02)}
+# CPU under four XLA code paths (AVX-512 with bfloat16 and AMX instructions, AVX2, SSE4.2,
+# one Eigen thread; 2026-12-05): baseline 3.8-4.4% / 1.2-1.3%, Pirt 5.9% / 1.3% (its first 4
+# steps within 0.1%: the two trajectories part slowly, as any two runs whose roundings
+# differ do), MAT 4.8-6.5% / 1.8-2.0%. The bounds leave a margin above the largest.
+TOLERANCE = {"baseline": (0.06, 0.02), "pirt": (0.09, 0.025), "mat": (0.09, 0.03)}
+# The same weights run in bfloat16 against float32: bfloat16 keeps 8 mantissa bits (relative
+# rounding 2^-9 per operation), so features and logits agree to about a percent; a softmax,
+# normalisation or head left in bfloat16 by mistake, or a wrong cast, breaks these bounds.
+FEATURE_COSINE = 0.99  # every image, every embedding
+LOGIT_ERROR = 0.05  # largest |logit_bf16 - logit_f32| over the float32 logits' range
 
 
 @pytest.mark.slow
@@ -139,6 +167,9 @@ def test_bfloat16_tracks_float32_for_30_steps(model_name, tiny_config, tmp_path)
     assert relative.max() < max_tolerance and relative.mean() < mean_tolerance, relative
     if model_name == "baseline":  # it trained (Pirt's loss moves little in 30 tiny steps)
         assert f32_losses[-5:].mean() < f32_losses[:5].mean()
-    f32_top1, images = _top1(model, f32_state, batches[STEPS:])
-    bf16_top1, _ = _top1(bf16_model, bf16_state, batches[STEPS:])
-    assert abs(bf16_top1 - f32_top1) <= 2 / images + 1e-9, (f32_top1, bf16_top1)
+    f32_embeddings, f32_logits = _infer(model, f32_state, batches[STEPS:])
+    bf16_embeddings, bf16_logits = _infer(bf16_model, f32_state, batches[STEPS:])
+    for f32_leaf, bf16_leaf in zip(f32_embeddings, bf16_embeddings, strict=True):
+        assert _cosine(f32_leaf, bf16_leaf).min() > FEATURE_COSINE, _cosine(f32_leaf, bf16_leaf)
+    logit_range = f32_logits.max() - f32_logits.min()
+    assert np.abs(bf16_logits - f32_logits).max() < LOGIT_ERROR * logit_range
