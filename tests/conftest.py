@@ -8,14 +8,26 @@
   marked `full_xla` compile with every optimisation: on jax 0.10 (CPU) the unoptimised
   compile of Pirt's pose-guided train step returns NaN gradients where the optimised one
   (and the same computation without jit) returns finite ones.
+* JAX's persistent compilation cache, in a folder of this test session (or the one
+  JAX_COMPILATION_CACHE_DIR names): the same tiny models compile in test after test, and in
+  the subprocesses some tests start; an executable whose HLO and compile options were seen
+  before is loaded instead of compiled again. Removed at the end of the session.
 * `tiny_data_dir`: the "tiny" synthetic build, made once per session.
 * `tiny_config(model)`: `configs/<model>.py:synthetic,size=tiny` reading that build.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # also for subprocesses
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # pytest-xdist workers inherit the folder
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="occreid-xla-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # every executable
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
