@@ -447,6 +447,15 @@ def _main(readme: Path, only: str, write: bool) -> int:
         if status:
             print(f"{readme}: not written, a command failed")
             return status
+        # Read again: the README may have been edited while the commands ran (they take
+        # minutes); the printed lines go into the text as it is now.
+        with open(readme, encoding="utf-8", newline="") as f:
+            text = f.read()
+        updates = {
+            block.marker: updated_lines(block.lines, runs[block.command].lines)
+            for block in find_blocks(text)
+            if block.command in runs
+        }
         with open(readme, "w", encoding="utf-8", newline="") as f:
             f.write(rewrite(text, updates, commit, datetime.date.today().isoformat()))
         print(f"{readme}: written (commit {commit})")

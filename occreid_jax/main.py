@@ -111,7 +111,10 @@ def _run(argv) -> None:
     if workdir is None:
         workdir = default_workdir(flags.FLAGS["config"].config_filename)
         if distributed.is_main_process() and mode != "heatmaps":  # heatmaps: stored with the data
-            print(f"workdir: {workdir} (the default for this config; --workdir sets another)")
+            print(
+                f"workdir: {workdir} (the default for this config; --workdir sets another)",
+                flush=True,
+            )
     lines = []
     if mode == "train":
         record = experiment.train_and_evaluate(config, workdir)

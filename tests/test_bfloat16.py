@@ -3,8 +3,8 @@
 30 steps of each tiny model on the same synthetic batches (the shared tiny build, the real
 augmentation), once with `train.dtype=float32`, once with bfloat16. Stated tolerances:
 
-* training (`TOLERANCE`): the loss of every step, and their mean, within a fraction of
-  float32's;
+* training (`TOLERANCE`): the loss of the first steps, of every step, and their mean within
+  a fraction of float32's;
 * inference (`FEATURE_COSINE`, `LOGIT_ERROR`): the float32-trained weights run in bfloat16
   give the same embeddings (cosine per image) and logits (largest error against the logit
   range) as in float32, on every held-out image;
@@ -132,12 +132,21 @@ def test_bfloat16_models_take_every_softmax_in_float32(model_name, tiny_config):
     assert _exp_input_dtypes(jaxpr) == {np.dtype(np.float32)}  # attention, parts, segmentation
 
 
-# (max, mean) of |loss_bf16 - loss_f32| / loss_f32 over the 30 steps. Measured on jax 0.10.2
-# CPU under four XLA code paths (AVX-512 with bfloat16 and AMX instructions, AVX2, SSE4.2,
-# one Eigen thread; 2026-12-05): baseline 3.8-4.4% / 1.2-1.3%, Pirt 5.9% / 1.3% (its first 4
-# steps within 0.1%: the two trajectories part slowly, as any two runs whose roundings
-# differ do), MAT 4.8-6.5% / 1.8-2.0%. The bounds leave a margin above the largest.
-TOLERANCE = {"baseline": (0.06, 0.02), "pirt": (0.09, 0.025), "mat": (0.09, 0.03)}
+# Relative loss error |loss_bf16 - loss_f32| / loss_f32 over the 30 steps: (first FIRST_STEPS
+# steps, any step, mean). The two runs start together and part slowly, as any two runs whose
+# roundings differ do, so the later steps measure how fast this machine's rounding pulls the
+# trajectories apart as much as bfloat16. Measured on jax 0.10.2 under five XLA CPU code
+# paths (AVX-512 with bf16 and AMX instructions, AVX2, AVX without FMA, SSE4.2, one Eigen
+# thread; 2026-12-05): first 4 steps within 0.2% (baseline, Pirt) and 1.5% (MAT); largest
+# step 3.8-6.8% baseline, 3.9-5.9% Pirt, 4.8-10.7% MAT; mean 1.2-1.4%, 1.1-1.4%, 1.8-3.4%.
+# The largest step and the mean moved most with the path (AVX without FMA): the bounds keep a
+# margin above the largest measured.
+FIRST_STEPS = 4
+TOLERANCE = {
+    "baseline": (0.01, 0.10, 0.025),
+    "pirt": (0.01, 0.10, 0.025),
+    "mat": (0.03, 0.15, 0.05),
+}
 # The same weights run in bfloat16 against float32: bfloat16 keeps 8 mantissa bits (relative
 # rounding 2^-9 per operation), so features and logits agree to about a percent; a softmax,
 # normalisation or head left in bfloat16 by mistake, or a wrong cast, breaks these bounds.
@@ -166,7 +175,8 @@ def test_bfloat16_tracks_float32_for_30_steps(model_name, tiny_config, tmp_path)
     for leaf in jax.tree.leaves((bf16_state.params, bf16_state.batch_stats, bf16_state.opt_state)):
         assert leaf.dtype in (np.float32, np.int32), leaf.dtype  # master weights stay float32
     relative = np.abs(bf16_losses - f32_losses) / np.abs(f32_losses)
-    max_tolerance, mean_tolerance = TOLERANCE[model_name]
+    first_tolerance, max_tolerance, mean_tolerance = TOLERANCE[model_name]
+    assert relative[:FIRST_STEPS].max() < first_tolerance, relative
     assert relative.max() < max_tolerance and relative.mean() < mean_tolerance, relative
     if model_name == "baseline":  # it trained (Pirt's loss moves little in 30 tiny steps)
         assert f32_losses[-5:].mean() < f32_losses[:5].mean()
