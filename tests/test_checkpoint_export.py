@@ -120,3 +120,21 @@ def test_export_load_embed_reproduces_the_features(tmp_path):
 def test_loading_a_folder_that_is_not_a_bundle_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="not an export bundle"):
         export.load(str(tmp_path))
+
+
+def test_a_bundle_written_before_the_package_was_regrouped_still_loads(tiny_bundle_dir, tmp_path):
+    """Bundles on disk carry the format name "occreid_jax.export/1" (from when the module was
+    occreid_jax/export.py): moving the module must not make them unreadable."""
+    import shutil
+
+    old = tmp_path / "old_bundle"
+    shutil.copytree(tiny_bundle_dir, old)
+    description = json.loads((old / "model.json").read_text())
+    description["format"] = "occreid_jax.export/1"
+    (old / "model.json").write_text(json.dumps(description))
+    bundle = export.load(str(old))
+    assert bundle.model_name == "baseline"
+    description["format"] = "occreid_jax.export/2"
+    (old / "model.json").write_text(json.dumps(description))
+    with pytest.raises(UserError, match="re-export it with this version"):
+        export.load(str(old))

@@ -42,7 +42,9 @@ if TYPE_CHECKING:
 
     from occreid_jax.training.run import Run
 
-FORMAT = "occreid_jax.bundles.export/1"
+# The format name bundles carry since the first version (the module was occreid_jax/export.py
+# then); unchanged so that every bundle written before still loads.
+FORMAT = "occreid_jax.export/1"
 DESCRIPTION, VARIABLES = "model.json", "variables.msgpack"
 DESCRIPTION_KEYS = ("model", "model_kwargs", "image_size", "mean", "std", "matching")
 
