@@ -17,13 +17,18 @@ Usage (the variant after ":" picks the dataset and size):
       --config.data.test_manual_dir=/data/Occluded_REID
   python -m occreid_jax.main --config=configs/baseline.py:synthetic --workdir=runs/demo \
       --config.train.epochs=4 --config.data.batch_size=32
+  # The people walking in PETS 2009 S2L1 (vtest.avi, docs/pets2009.md), one per tracklet:
+  python -m occreid_jax.main --config=configs/baseline.py:pets2009 --workdir=runs/pets \
+      --config.data.manual_dir=/data/pets2009
   # A smoke run in seconds (4 steps at 64 x 32; what the tests train):
   python -m occreid_jax.main --config=configs/baseline.py:synthetic,size=tiny --workdir=runs/t
 
 Variants: synthetic (the built-in benchmark, sized for a 2-core CPU); occluded_duke,
 market1501, dukemtmc, msmt17 (train and test on that dataset); occluded_reid, partial_reid,
-partial_ilids (test-only sets: the standard cross-dataset protocol trains on Market-1501).
-Real datasets are read from the user's copy (data.manual_dir) and prepared on first use.
+partial_ilids (test-only sets: the standard cross-dataset protocol trains on Market-1501);
+pets2009 (tracklets of one static-camera video, sized as synthetic; one camera, not a Re-ID
+benchmark). Real datasets are read from the user's copy (data.manual_dir) and prepared on
+first use.
 """
 
 import ml_collections
@@ -31,7 +36,7 @@ import ml_collections
 from occreid_jax.config_files import parse_arg
 from occreid_jax.data.datasets import REAL_DATASETS, TEST_ONLY_DATASETS
 
-VARIANTS = ("synthetic",) + REAL_DATASETS
+VARIANTS = ("synthetic",) + REAL_DATASETS + ("pets2009",)
 # size=tiny: the smallest real run (tests and smoke runs), synthetic variant only.
 SIZES = ("full", "tiny")
 
@@ -160,8 +165,10 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     config.vis.num_queries = 20
     config.vis.top_k = 10
 
-    if variant == "synthetic":
+    if variant in ("synthetic", "pets2009"):
         _shrink_for_cpu(config)
+    if variant == "pets2009":
+        config.data.builder_config = ""  # one build per video and parameters
     if size == "tiny":
         shrink_to_tiny(config)
     return config

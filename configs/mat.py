@@ -17,8 +17,9 @@ Usage (the variant after ":" picks the dataset and size, as in configs/baseline.
 
 Variants: synthetic (the built-in benchmark, sized for a 2-core CPU); occluded_duke,
 market1501, dukemtmc, msmt17; occluded_reid, partial_reid, partial_ilids (trained on
-Market-1501). `ABLATIONS` lists the overrides of the paper's Table 1 and Table 2 rows (and of
-diagnostic and test-time rows) relative to the `synthetic` variant, for
+Market-1501); pets2009 (the people of one static-camera video, docs/pets2009.md).
+`ABLATIONS` lists the overrides of the paper's Table 1 and Table 2 rows (and of diagnostic,
+flow, image-reconstruction and test-time rows) relative to the `synthetic` variant, for
 `python -m benchmarks.ablations --config=configs/mat.py:synthetic --table=table1`.
 """
 
@@ -100,6 +101,46 @@ ABLATIONS["matching"] = {
     "global only": {"eval.part_weight": 0.0},
     "parts weighted x2": {"eval.part_weight": 2.0},
 }
+# Not in the paper: the image-reconstruction consistency (co-part segmentation's signal) and
+# what was tried to keep its parts from falling to the background (README, "The
+# image-reconstruction signal"). Larger strides between frames ("tracklets_wide") give the
+# probe's limbs their 5% margin at stride 4.
+_IMAGE_TARGET = {
+    "loss.consistency_target": "image",
+    "model.segment_stage": 1,
+    "data.builder_config": "tracklets_wide",
+}
+_FINE_KEYPOINTS = {
+    **_IMAGE_TARGET,
+    "model.keypoint_features": "segment",
+    "loss.keypoint_separation_weight": 10.0,
+}
+ABLATIONS["reconstruction"] = {
+    "feature L_fc (the default)": {},
+    "image L_fc, stride-4 parts": _IMAGE_TARGET,
+    "image L_fc without the visibility map": {
+        **_IMAGE_TARGET,
+        "loss.consistency_visibility": False,
+    },
+    "+ keypoints on the stride-4 map, separation 10": _FINE_KEYPOINTS,
+    "+ parts around their keypoints (prior sigma 0.15)": {
+        **_FINE_KEYPOINTS,
+        "model.segmentation_prior_sigma": 0.15,
+    },
+    "image L_fc, ground-truth keypoints": {
+        **_IMAGE_TARGET,
+        "model.keypoint_features": "segment",
+        "model.keypoints": "heatmaps",
+        "pose.source": "ground_truth",
+    },
+    "image L_fc, ground-truth keypoints, translations": {
+        **_IMAGE_TARGET,
+        "model.keypoint_features": "segment",
+        "model.keypoints": "heatmaps",
+        "pose.source": "ground_truth",
+        "loss.consistency_jacobians": False,
+    },
+}
 EVAL_ONLY = {"matching": ("table1", "#5 + encoder + decoder (MAT)")}
 
 
@@ -142,6 +183,19 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # encoder's tokens grow alike over positions, which leaves the segmentation no spatial
     # signal; the projected backbone map keeps one.
     config.model.segment_features = "backbone"
+    # Not in the paper: the backbone stage whose map the segmentation reads (with
+    # segment_features "backbone"): 4 = the feature map's stride 16, 1 = stride 4 (32 x 16
+    # parts at 128 x 64). On pairs of frames with ground-truth joints, per-limb flows beat one
+    # body region in pixels by 4-8% at strides 1-4 and by 2-3% at stride 8 (README, "Probe
+    # v2"): the image-reconstruction rows of ABLATIONS["reconstruction"] use stage 1.
+    config.model.segment_stage = 4
+    # What the keypoint embeddings multiply: "encoder" (f_g, the paper) or "segment" (the map
+    # the segmentation reads; not in the paper: finer keypoints, as FOMM keeps its detector
+    # at 64 x 64).
+    config.model.keypoint_features = "encoder"
+    # Not in the paper: > 0 adds log-Gaussians (this sigma, in [-1, 1] units) around each
+    # image's keypoints to its segmentation logits, so part k starts around keypoint k.
+    config.model.segmentation_prior_sigma = 0.0
 
     config.data.image_size = (256, 128)
     config.data.batch_size = 64  # 16 identities x 4 images
@@ -179,8 +233,17 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # stage 1 has stride 4, stage 2 stride 8; not in the paper); "segmentation" = the part
     # maps themselves, as first built (trivially zero for uniform maps). f_g carries almost
     # no spatial structure to align, the finer early maps do (README, flow probe).
+    # "image" (not in the paper): the input images of X read through the flow, upsampled to
+    # the image size, against A by an L1 pyramid (scales 1, 1/2, 1/4), the signal of motion
+    # co-part segmentation, whose flow MAT's Eq. 5-7 is. Pixels reward limbs moving on their
+    # own where the Re-ID features reward one region (README, "Probe v2"), but trained, its
+    # segmentation falls to all background (README, "The image-reconstruction signal"), so
+    # the default stays "backbone".
     loss.consistency_target = "backbone"
     loss.consistency_stages = (1, 2)
+    # Not in the paper: with target "image", weigh the pyramid by co-part segmentation's
+    # visibility map 1 - fg_X (1 - fg_A), behind a stop-gradient (pixels the person left).
+    loss.consistency_visibility = True
     # Not in the paper: no gradient from L_fc into the compared features (it then trains only
     # the flow: segmentation, keypoints, Jacobians); without it, flattening the features
     # also lowers the KL.
@@ -216,8 +279,10 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # time (evaluation/mat_matching.py; not in the paper).
     config.eval.part_weight = 1.0
 
-    if variant == "synthetic":
+    if variant in ("synthetic", "pets2009"):
         _shrink_for_cpu(config)
+    if variant == "pets2009":
+        config.data.builder_config = ""  # one build per video (docs/pets2009.md)
     if size == "tiny":
         _shrink_to_tiny(config)
     return config

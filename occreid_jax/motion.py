@@ -56,6 +56,28 @@ def to_pixels(points: jax.Array, height: int, width: int) -> jax.Array:
 # ----------------------------------------------------------------------------- keypoints
 
 
+def keypoint_prior_logits(keypoints: jax.Array, size: tuple[int, int], sigma: float) -> jax.Array:
+    """Log-Gaussians around each keypoint as segmentation logits (not in the paper).
+
+    Part k + 1 gets `-|z - p_k|^2 / (2 sigma^2)` at position z; the background a constant
+    `-2`, the value two sigmas from a keypoint, so without other evidence a pixel within two
+    sigmas of a keypoint belongs to that keypoint's part and the rest to the background.
+
+    Args:
+      keypoints: [B, K, 2] in [-1, 1].
+      size: (h, w) of the segmentation.
+      sigma: in [-1, 1] units.
+
+    Returns:
+      [B, h, w, K+1] float32.
+    """
+    grid = make_grid(*size)  # [h, w, 2]
+    d2 = jnp.sum(jnp.square(grid[None, :, :, None] - keypoints[:, None, None]), axis=-1)
+    parts = -d2 / (2.0 * sigma**2)
+    background = jnp.full((*parts.shape[:3], 1), -2.0, parts.dtype)
+    return jnp.concatenate([background, parts], axis=-1)
+
+
 def soft_argmax(logits: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
     """FOMM's keypoints: the mean position under a spatial softmax of each channel.
 

@@ -117,6 +117,20 @@ def _prepare_folder(builder_config: str, data_dir: str, manual_dir: str, strict:
 register_dataset("folder", _prepare_folder)
 
 
+def _prepare_pets2009(builder_config: str, data_dir: str, manual_dir: str, strict: bool):
+    del strict  # tracklets have no published sizes
+    if builder_config not in ("", "default"):
+        raise UserError(
+            f"pets2009 has no builder config {builder_config!r}; leave data.builder_config empty"
+        )
+    from occreid_jax.data import video_tracklets
+
+    return video_tracklets.prepare(manual_dir, data_dir)
+
+
+register_dataset("pets2009", _prepare_pets2009)
+
+
 def eval_sets(dataset: str) -> dict[str, tuple[str, str]]:
     """Named (query split, gallery split) pairs evaluated for `dataset`."""
     if dataset == "synthetic":
@@ -134,7 +148,8 @@ def prepare(
 
     Args:
       dataset: "synthetic", a name in REAL_DATASETS, or one added by `register_dataset`
-        ("folder": your own folder, `data/folder.py`).
+        ("folder": your own folder, `data/folder.py`; "pets2009": the people of a
+        static-camera video, `data/video_tracklets.py`).
       builder_config: tfds builder config name; "" for the dataset's default.
       data_dir: where tfds keeps prepared datasets ("" = ~/tensorflow_datasets).
       manual_dir: the user's copy of a real dataset.

@@ -150,6 +150,166 @@ def consistency_loss(
     return jnp.mean(jnp.sum(kl, axis=1))
 
 
+# The L1 pyramid's scales (image sizes 1, 1/2, 1/4), as co-part segmentation's perceptual
+# pyramid without its VGG (no pretrained network can be downloaded here; not in MAT's paper).
+PYRAMID_SCALES = (1, 2, 4)
+
+
+def average_pool(images: jax.Array, factor: int) -> jax.Array:
+    """[B, H, W, C] -> [B, H / factor, W / factor, C] by averaging factor x factor blocks
+    (H and W must be divisible by `factor`)."""
+    if factor == 1:
+        return images
+    batch, height, width, channels = images.shape
+    blocks = images.reshape(batch, height // factor, factor, width // factor, factor, channels)
+    return jnp.mean(blocks, axis=(2, 4))
+
+
+def l1_pyramid(
+    target: jax.Array, warped: jax.Array, weight: jax.Array, scales=PYRAMID_SCALES
+) -> jax.Array:
+    """Mean over `scales` of the weighted mean absolute difference of the images averaged to
+    1/scale of their size (co-part segmentation's pyramid loss, on pixels).
+
+    Args:
+      target, warped: [B, H, W, C] (H, W divisible by every scale).
+      weight: [B, H, W, 1] per-pixel weights (the visibility map, or ones), averaged to each
+        scale like the images.
+
+    Returns:
+      [B] float32: sum over pixels and channels of weight * |target - warped|, divided by the
+      number of pixels and channels, averaged over scales.
+    """
+    total = 0.0
+    for factor in scales:
+        t, w, v = (average_pool(x.astype(jnp.float32), factor) for x in (target, warped, weight))
+        total = total + jnp.mean(v * jnp.abs(t - w), axis=(1, 2, 3))
+    return total / len(scales)
+
+
+def visibility_map(foreground_source: jax.Array, foreground_target: jax.Array) -> jax.Array:
+    """Co-part segmentation's visibility map, entirely behind a stop-gradient:
+    `1 - fg_source * (1 - fg_target)` at each pixel of the target frame, 0 where the source
+    holds the person and the target does not (what the source shows there is not in the
+    target: a disocclusion), 1 elsewhere. (Co-part segmentation stops only the target's
+    gradient; here the map only weighs the loss, so a gradient through it would let the
+    segmentation hide errors.)
+
+    Args:
+      foreground_source, foreground_target: [B, H, W, 1] foreground probability (1 minus the
+        background channel) of the source and the target, at the same pixel positions.
+
+    Returns:
+      [B, H, W, 1] float32.
+    """
+    fg_s = foreground_source.astype(jnp.float32)
+    fg_t = foreground_target.astype(jnp.float32)
+    return jax.lax.stop_gradient(1.0 - fg_s * (1.0 - fg_t))
+
+
+def upsample_flow(flow: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """A flow [B, h, w, 2] (sampling coordinates) at a finer grid `size`: its displacement
+    resized bilinearly, as co-part segmentation interpolates its deformation."""
+    batch, height, width, _ = flow.shape
+    if (height, width) == tuple(size):
+        return flow
+    shift = flow - motion.make_grid(height, width)
+    fine = jax.image.resize(shift, (batch, *size, 2), "linear")
+    return motion.make_grid(*size) + fine
+
+
+def reconstruction_loss(
+    images: jax.Array,
+    segmentation: jax.Array,
+    keypoints: jax.Array,
+    jacobians: jax.Array,
+    group_size: int,
+    pairs: str = "all",
+    visibility: bool = True,
+) -> jax.Array:
+    """The image-reconstruction consistency (not in MAT's paper, whose Eq. 8 compares
+    features; co-part segmentation's signal): X's pixels read through the flow that A's
+    segmentation composes (Eq. 5-7), upsampled to the image size, scored against A by the
+    L1 pyramid, weighted by the visibility map.
+
+    Args:
+      images: [B, H, W, 3] the batch's input images, identity-major.
+      segmentation: [B, h, w, K+1]; keypoints [B, K, 2]; jacobians [B, K, 2, 2].
+      group_size, pairs: as `consistency_loss`.
+      visibility: weigh by `visibility_map` (X's and A's foreground, 1 minus channel 0,
+        resized to H x W), or weigh every pixel alike.
+
+    Returns:
+      Scalar: mean over groups of the sum over X of the pyramid loss.
+    """
+    terms = reconstruction_terms(
+        images, segmentation, keypoints, jacobians, group_size, pairs, visibility
+    )
+    return jnp.mean(jnp.sum(terms, axis=1))
+
+
+def reconstruction_terms(
+    images: jax.Array,
+    segmentation: jax.Array,
+    keypoints: jax.Array,
+    jacobians: jax.Array,
+    group_size: int,
+    pairs: str = "all",
+    visibility: bool = True,
+    flow_segmentation: jax.Array | None = None,
+) -> jax.Array:
+    """`reconstruction_loss` per pair: [groups, X per group] float32.
+
+    `flow_segmentation` ([B, h', w', K+1], default `segmentation`) composes the flow in
+    place of the segmentation; the visibility map still comes from `segmentation`, so flows
+    can be compared under one weighting (the flow probe's reference flows).
+    """
+    batch = images.shape[0]
+    if batch % group_size:
+        raise ValueError(f"batch {batch} is not a multiple of the group size {group_size}")
+    if pairs not in CONSISTENCY_PAIRS:
+        raise ValueError(f"pairs must be one of {CONSISTENCY_PAIRS}, got {pairs!r}")
+    size = images.shape[1:3]
+    others = 1 if pairs == "first" else group_size - 1
+
+    def grouped(x):
+        return x.reshape(batch // group_size, group_size, *x.shape[1:])
+
+    def anchors(x):
+        return jnp.repeat(grouped(x)[:, :1], others, axis=1).reshape(-1, *x.shape[1:])
+
+    def sources(x):
+        return grouped(x)[:, 1 : 1 + others].reshape(-1, *x.shape[1:])
+
+    seg_a = anchors(segmentation if flow_segmentation is None else flow_segmentation)
+    num, height, width, channels = seg_a.shape
+    grid = jnp.broadcast_to(
+        motion.make_grid(height, width).reshape(1, -1, 2), (num, height * width, 2)
+    )
+    flow = motion.dense_flow(
+        grid,
+        seg_a.reshape(num, -1, channels),
+        sources(keypoints),
+        sources(jacobians),
+        anchors(keypoints),
+        anchors(jacobians),
+    ).reshape(num, height, width, 2)
+    flow = upsample_flow(flow, size)
+    warped = motion.grid_sample(sources(images).astype(jnp.float32), flow, padding="border")
+    if visibility:
+
+        def foreground(seg):
+            fg = 1.0 - seg[..., :1].astype(jnp.float32)
+            return jax.image.resize(fg, (fg.shape[0], *size, 1), "linear")
+
+        weight = visibility_map(
+            foreground(sources(segmentation)), foreground(anchors(segmentation))
+        )
+    else:
+        weight = jnp.ones((*warped.shape[:3], 1), jnp.float32)
+    return l1_pyramid(anchors(images), warped, weight).reshape(-1, others)
+
+
 def part_diversity_loss(segmentation: jax.Array) -> jax.Array:
     """Not in the paper: `log K + H_pixel - H_usage` over the batch, in nats.
 

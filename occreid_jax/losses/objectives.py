@@ -28,6 +28,7 @@ from occreid_jax.losses.mat import (
     feature_distribution,
     keypoint_separation_loss,
     part_diversity_loss,
+    reconstruction_loss,
 )
 from occreid_jax.losses.triplet import triplet_loss
 
@@ -160,9 +161,11 @@ def pirt_objective(aux: dict, labels: jax.Array, cfg: PirtLossConfig):
 
 
 # What MAT's feature consistency warps and compares: the encoder output f_g (Eq. 8's image
-# features), backbone stages' maps (consistency_stages; not in the paper), or the part
-# segmentation itself (as first built; it has a trivial zero at uniform maps).
-CONSISTENCY_TARGETS = ("encoder", "backbone", "segmentation")
+# features), backbone stages' maps (consistency_stages; not in the paper), the part
+# segmentation itself (as first built; it has a trivial zero at uniform maps), or the input
+# images through the flow upsampled to their size, scored by an L1 pyramid (co-part
+# segmentation's reconstruction signal; not in the paper).
+CONSISTENCY_TARGETS = ("encoder", "backbone", "segmentation", "image")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +188,8 @@ class MatLossConfig(LossConfig):
     consistency_stop_gradient: bool = True  # not in the paper
     consistency_jacobians: bool = True  # False: part motions are translations (not in the paper)
     consistency_pairs: str = "all"  # "all" = Eq. 12; "first": not in the paper
+    # Target "image": weigh the L1 pyramid by co-part segmentation's visibility map.
+    consistency_visibility: bool = True  # not in the paper
     keypoint_separation_weight: float = 0.0  # not in the paper (Zhang et al. 2018)
     keypoint_separation_sigma: float = 0.1  # not in the paper
     tps_sigma_affine: float = 0.05
@@ -267,7 +272,7 @@ def flow_jacobians(aux: dict, cfg: MatLossConfig) -> jax.Array:
     return jnp.broadcast_to(jnp.eye(2, dtype=jnp.float32), aux["jacobians"].shape)
 
 
-CONSISTENCY_INPUTS = {"encoder": "feature_maps", "backbone": "backbone_maps"}
+CONSISTENCY_INPUTS = {"encoder": "feature_maps", "backbone": "backbone_maps", "image": "images"}
 
 
 def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
@@ -280,7 +285,8 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
     * L_eq = value + Jacobian term (`losses/mat.equivariance_loss`) with keypoints (from the
       equivariance pass); L_fc (`losses/mat.consistency_loss`) with keypoints and parts, on
       the maps `consistency_maps` picks and averaged over them, with the part motions'
-      Jacobians of `flow_jacobians`.
+      Jacobians of `flow_jacobians`; with target "image", L_fc is
+      `losses/mat.reconstruction_loss` on aux["images"] instead.
     * Keypoint separation (`cfg.keypoint_separation_weight`, not in the paper) and L_div
       (`cfg.part_diversity_weight`, not in the paper) when their weights are non-zero.
 
@@ -344,7 +350,19 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
             separation = keypoint_separation_loss(aux["keypoints"], cfg.keypoint_separation_sigma)
             loss = loss + cfg.keypoint_separation_weight * separation
             metrics["keypoint_separation"] = separation
-    if has_consistency:
+    if has_consistency and cfg.consistency_target == "image":
+        fc = reconstruction_loss(
+            aux["images"],
+            aux["segmentation"],
+            aux["keypoints"],
+            flow_jacobians(aux, cfg),
+            cfg.group_size,
+            cfg.consistency_pairs,
+            cfg.consistency_visibility,
+        )
+        loss = loss + cfg.consistency_weight * fc
+        metrics["consistency"] = fc
+    elif has_consistency:
         levels = consistency_maps(aux, cfg)
         fc = sum(
             consistency_loss(

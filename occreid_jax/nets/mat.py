@@ -58,6 +58,12 @@ POSITION_EMBEDDINGS = ("add", "concat")
 #   backbone  the backbone map through its own 1x1 projection to d_model, without positions
 #             (not in the paper; keeps the maps spatial when the encoder's tokens grow alike)
 SEGMENT_FEATURES = ("encoder", "backbone")
+# model.keypoint_features: what the keypoint embeddings multiply (and the Jacobian head reads).
+#   encoder   f_g (MAT)
+#   segment   the map the segmentation reads (with segmentation; not in the paper): at
+#             segment_stage 1 four times finer than f_g, as FOMM keeps its keypoint
+#             detector at 64 x 64 (first-order-model issue 81)
+KEYPOINT_FEATURES = ("encoder", "segment")
 
 # COCO joints (0 nose, 1-2 eyes, 3-4 ears, 5-6 shoulders, 7-8 elbows, 9-10 wrists, 11-12
 # hips, 13-14 knees, 15-16 ankles) grouped into K keypoints for model.keypoints="heatmaps".
@@ -139,6 +145,16 @@ class Mat(nn.Module):
         the paper, which multiplies plainly; off by default).
       segment_features: what the segmentation multiplies its embeddings with, see
         `SEGMENT_FEATURES`.
+      segment_stage: with segment_features="backbone" (ignored otherwise), the backbone
+        stage (1-4) whose map the segmentation reads: 4 (the last) gives the feature map's
+        resolution, 1 a map four times finer, at stride 4 (not in the paper; a flow that
+        moves limbs needs parts finer than a stride-16 map, as the image-space flow probe
+        measures). Part features pool f_g
+        with the segmentation averaged down to f_g's grid.
+      keypoint_features: what the keypoint embeddings multiply, see `KEYPOINT_FEATURES`.
+      segmentation_prior_sigma: > 0 adds `motion.keypoint_prior_logits` of the image's own
+        keypoints to the segmentation logits, so part k starts around keypoint k (not in the
+        paper; FOMM derives its masks from keypoint Gaussians); 0 = off.
       dtype: compute dtype of backbone and transformer; heads and maps are float32.
       bn_axis_name: axis name for synchronised BatchNorm under pmap/shard_map.
     """
@@ -160,6 +176,9 @@ class Mat(nn.Module):
     segmentation: bool = True
     scale_maps: bool = False
     segment_features: str = "encoder"
+    segment_stage: int = 4
+    keypoint_features: str = "encoder"
+    segmentation_prior_sigma: float = 0.0
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
 
@@ -189,6 +208,13 @@ class Mat(nn.Module):
                 f"unknown model.segment_features {self.segment_features!r}; "
                 f"use one of {SEGMENT_FEATURES}"
             )
+        if self.keypoint_features not in KEYPOINT_FEATURES:
+            problems.append(
+                f"unknown model.keypoint_features {self.keypoint_features!r}; "
+                f"use one of {KEYPOINT_FEATURES}"
+            )
+        if self.segment_stage not in (1, 2, 3, 4):
+            problems.append(f"model.segment_stage={self.segment_stage} must be a stage, 1-4")
         if self.d_model % self.num_heads or self.d_model % 4:
             problems.append(
                 f"model.d_model={self.d_model} must be a multiple of 4 and of "
@@ -246,14 +272,23 @@ class Mat(nn.Module):
         features = tokens.astype(jnp.float32)  # f_g: [B, N, d], N = h * w
         keypoint_emb, segment_emb = self._decode(tokens, train)
         aux: dict[str, Any] = {"backbone_maps": stages}
+        segment_input = None
+        if self.segmentation:
+            stage = stages[self.segment_stage - 1 if self.segment_features == "backbone" else -1]
+            segment_input = self._segment_input(features, stage)
+            if self.segment_features == "encoder":
+                segment_input = segment_input.reshape(-1, height, width, self.d_model)
         if self.keypoints != "none":
-            aux.update(self._keypoints(features, keypoint_emb, heatmaps, (height, width), train))
+            keypoint_map = features.reshape(-1, height, width, self.d_model)
+            if self.keypoint_features == "segment" and segment_input is not None:
+                keypoint_map = segment_input
+            aux.update(self._keypoints(keypoint_map, keypoint_emb, heatmaps, train))
         out, global_aux = self._global_branch(features, (height, width), train)
         aux.update(global_aux)
         if self.segmentation:
-            segment_input = self._segment_input(features, fmap)
+            anchors = aux.get("keypoints") if self.segmentation_prior_sigma > 0 else None
             parts, part_aux = self._parts(
-                features, segment_input, segment_emb, (height, width), train
+                features, segment_input, segment_emb, (height, width), train, anchors
             )
             out.update(parts)
             aux.update(part_aux)
@@ -297,11 +332,14 @@ class Mat(nn.Module):
     def _map_scale(self) -> float:
         return 1.0 / math.sqrt(self.d_model) if self.scale_maps else 1.0
 
-    def _keypoints(self, features, keypoint_emb, heatmaps, size, train: bool) -> dict:
-        """Keypoints [B, K, 2], Jacobians [B, K, 2, 2] and heatmaps [B, h, w, K] (aux entries;
-        none with keypoints="heatmaps" and no heatmaps at inference)."""
-        batch, k = features.shape[0], self.num_parts
-        height, width = size
+    def _keypoints(self, keypoint_map, keypoint_emb, heatmaps, train: bool) -> dict:
+        """Keypoints [B, K, 2], Jacobians [B, K, 2, 2] and heatmaps [B, h, w, K] from the map
+        [B, h, w, d] the keypoint embeddings multiply (aux entries; none with
+        keypoints="heatmaps" and no heatmaps at inference)."""
+        batch, k = keypoint_map.shape[0], self.num_parts
+        height, width = keypoint_map.shape[1:3]
+        size = (height, width)
+        features = keypoint_map.reshape(batch, height * width, -1)
         # FOMM's Jacobian head: zero weights, bias = identity, so every J_k starts at I.
         jacobian_map = nn.Dense(
             4 * k,
@@ -346,29 +384,39 @@ class Mat(nn.Module):
         return out, aux
 
     def _segment_input(self, features: jax.Array, fmap: jax.Array) -> jax.Array:
-        """What the segment embeddings multiply (`segment_features`): f_g [B, N, d], or the
-        backbone map [B, h, w, C] through its own projection to [B, N, d]."""
+        """What the segment embeddings multiply (`segment_features`): f_g [B, h, w, d], or
+        the backbone map of stage `segment_stage` [B, hs, ws, C] through its own projection
+        to [B, hs, ws, d]."""
         if self.segment_features == "encoder":
             return features
-        projected = nn.Dense(self.d_model, dtype=jnp.float32, name="segment_proj")(
+        return nn.Dense(self.d_model, dtype=jnp.float32, name="segment_proj")(
             fmap.astype(jnp.float32)
         )
-        return projected.reshape(features.shape)
 
-    def _parts(self, features, segment_input, segment_emb, size, train: bool) -> tuple[dict, dict]:
-        """K+1 segmentation (from `segment_input` [B, N, d]), part features pooled from f_g
-        and visibility: ({"parts", "visibility"}, aux)."""
+    def _parts(
+        self, features, segment_input, segment_emb, size, train: bool, anchors=None
+    ) -> tuple[dict, dict]:
+        """K+1 segmentation (from `segment_input` [B, hs, ws, d]), part features pooled from
+        f_g [B, h * w, d] and visibility: ({"parts", "visibility"}, aux)."""
         batch, d, k = features.shape[0], self.d_model, self.num_parts
         height, width = size
+        seg_size = segment_input.shape[1:3]
         emb = MLPHead(d, self.head_layers, name="segment_head")(segment_emb)
-        logits = jnp.einsum("bnd,bkd->bnk", segment_input, emb) * self._map_scale()
-        seg = jax.nn.softmax(logits, axis=-1)
-        part_weights = seg[..., 1:]  # [B, N, K], background excluded
+        logits = jnp.einsum("bhwd,bkd->bhwk", segment_input, emb) * self._map_scale()
+        if anchors is not None:
+            prior = motion.keypoint_prior_logits(anchors, seg_size, self.segmentation_prior_sigma)
+            logits = logits + prior
+        seg = jax.nn.softmax(logits, axis=-1)  # [B, hs, ws, K+1]
+        pooled = seg
+        if seg_size != (height, width):  # a finer segmentation, averaged to f_g's cells
+            fy, fx = seg_size[0] // height, seg_size[1] // width
+            pooled = seg.reshape(batch, height, fy, width, fx, k + 1).mean(axis=(2, 4))
+        part_weights = pooled.reshape(batch, height * width, k + 1)[..., 1:]  # background out
         mass = part_weights.sum(axis=1)  # [B, K]
         part_feat = jnp.einsum("bnk,bnd->bkd", part_weights, features) / (mass[..., None] + 1e-6)
         bn_parts = self._bnneck(part_feat.reshape(batch, k * d), train, "part_bottleneck")
         out = {"parts": bn_parts.reshape(batch, k, d), "visibility": mass / (height * width)}
-        aux = {"segmentation": seg.reshape(batch, height, width, k + 1), "part_feat": part_feat}
+        aux = {"segmentation": seg, "part_feat": part_feat}
         if self.num_classes:
             kernel = self.param(
                 "part_classifier", classifier_init, (k, d, self.num_classes), jnp.float32

@@ -10,7 +10,8 @@ the same warp, so a detector fed by them sees them move with the image.
 
 Returned aux = the first pass's aux plus
   aux["warped"] = {"keypoints": [b, K, 2], "jacobians": [b, K, 2, 2]} of the second pass,
-  aux["tps"] = the warp parameters (for T(p') and dT/dp in `losses/mat.py`).
+  aux["tps"] = the warp parameters (for T(p') and dT/dp in `losses/mat.py`),
+  aux["images"] = the batch's images [b, H, W, 3] (for the image-reconstruction consistency).
 
 Gradients flow through both passes (as FOMM). BatchNorm normalises each pass with its own
 batch statistics; the running statistics kept are those of the first pass only, so they
@@ -65,6 +66,7 @@ def equivariance_forward(
 
     heatmaps = batch.get("heatmaps")
     aux, updates = run(batch["images"], heatmaps, rng_first)
+    aux = {**aux, "images": batch["images"]}
     if "keypoints" not in aux:  # no keypoint branch: nothing to be equivariant
         return aux, updates
     tps = motion.random_tps(rng_warp, batch["images"].shape[0], sigma_affine, sigma_tps, points)

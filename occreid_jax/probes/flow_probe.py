@@ -17,7 +17,9 @@ import numpy as np
 
 from occreid_jax.data import pipeline
 from occreid_jax.data.sampler import IdentitySampler
+from occreid_jax.losses.mat import reconstruction_terms
 from occreid_jax.losses.objectives import consistency_maps, flow_jacobians
+from occreid_jax.probes import landmarks
 from occreid_jax.probes.reference_flows import (
     BACKGROUND_RADIUS,
     constant_segmentation,
@@ -41,10 +43,12 @@ class Groups:
     Attributes:
       images: [N, G, H, W, 3] ImageNet-normalised (augmented as in training, or not).
       joints: [N, G, 17, 2] ground-truth joints in [-1, 1], or None (no keypoints).
+      visible: [N, G, 17] bool, the joints' visibility, or None.
     """
 
     images: np.ndarray
     joints: np.ndarray | None
+    visible: np.ndarray | None = None
 
 
 def collect_groups(config, split, num_groups: int, augment: bool = True) -> Groups:
@@ -80,18 +84,23 @@ def collect_groups(config, split, num_groups: int, augment: bool = True) -> Grou
         with_keypoints=with_keypoints,
         pair_geometry=data.same_camera_pairs,
     )
-    images, joints = [], []
+    images, joints, visible = [], [], []
     while sum(len(x) for x in images) < num_groups * data.instances_per_id:
         batch = next(batches)
         images.append(batch["images"][0])
         if with_keypoints:
             joints.append(to_unit(batch["keypoints"][0], data.image_size))
+            visible.append(batch["keypoints"][0][..., 2] > 0)
     size = data.image_size
     take = num_groups * data.instances_per_id
     grouped = np.concatenate(images)[:take].reshape(num_groups, -1, *size, 3)
     if not with_keypoints:
         return Groups(grouped, None)
-    return Groups(grouped, np.concatenate(joints)[:take].reshape(num_groups, -1, 17, 2))
+    return Groups(
+        grouped,
+        np.concatenate(joints)[:take].reshape(num_groups, -1, 17, 2),
+        np.concatenate(visible)[:take].reshape(num_groups, -1, 17),
+    )
 
 
 def model_outputs(apply_fn, variables: dict, images: np.ndarray, chunk: int = 64) -> dict:
@@ -193,10 +202,10 @@ REPORT_GROUPS = 32
 
 
 def reports_parts(config) -> bool:
-    """Whether evaluations also report MAT's part statistics (a MAT with both branches and
-    self-supervised keypoints)."""
+    """Whether evaluations also report MAT's part statistics (a MAT with both branches; with
+    keypoints from pose heatmaps, which evaluation does not feed, only the gallery's)."""
     model = config.model
-    return model.name == "mat" and model.segmentation and model.keypoints == "self_supervised"
+    return model.name == "mat" and model.segmentation and model.keypoints != "none"
 
 
 def part_report(
@@ -205,9 +214,13 @@ def part_report(
     """MAT's parts at evaluation time (eval mode), for metrics.jsonl.
 
     `part_statistics` of the first `GALLERY_LIMIT` gallery images (keys prefixed
-    `gallery_`), and L_fc on the training `groups` under the learned flow, no motion, the
+    `gallery_`); L_fc on the training `groups` under the learned flow, no motion, the
     learned motions under a uniform segmentation and the best single part's motion
-    (`lfc_learned`, `lfc_no_motion`, `lfc_uniform_segmentation`, `lfc_best_single_part`).
+    (`lfc_learned`, `lfc_no_motion`, `lfc_uniform_segmentation`, `lfc_best_single_part`),
+    measured as the config's L_fc measures (feature KL, or the image reconstruction); and,
+    where both splits have ground-truth joints, `keypoint_joint_error` and
+    `template_joint_error` (`landmarks.joint_errors`: fitted on the groups' images, measured
+    on the gallery images).
     """
     count = min(len(gallery), GALLERY_LIMIT)
     subset = dataclasses.replace(
@@ -220,18 +233,85 @@ def part_report(
     )
     batches = pipeline.eval_batches(subset, image_size=image_size, batch_size=64, num_devices=1)
     images = np.concatenate([b["images"][0][b["mask"][0]] for b in batches])
-    stats = part_statistics(*_segmentation_and_keypoints(apply_fn, variables, images))
+    gallery_aux = model_outputs(apply_fn, variables, images)
+    stats = part_statistics(gallery_aux["segmentation"], gallery_aux.get("keypoints"))
     report = {f"gallery_{k}": float(v) for k, v in stats.items()}
-    aux = model_outputs(apply_fn, variables, groups.images.reshape(-1, *groups.images.shape[2:]))
-    scores = flow_scores(aux, Groups(groups.images, None), settings, image_size, ())
+    flat_images = groups.images.reshape(-1, *groups.images.shape[2:])
+    aux = model_outputs(apply_fn, variables, flat_images)
+    if "keypoints" not in aux:  # keypoints from pose heatmaps: none at evaluation
+        return report
+    if settings.consistency_target == "image":
+        scores = image_flow_scores(aux, flat_images, settings, groups.images.shape[1])
+    else:
+        scores = flow_scores(aux, Groups(groups.images, None), settings, image_size, ())
     for name in ("learned", "no motion", "uniform segmentation", "best single part"):
         report["lfc_" + name.replace(" ", "_")] = scores[name]
+    if (
+        "keypoints" in aux
+        and groups.joints is not None
+        and groups.visible is not None
+        and subset.keypoints is not None
+    ):
+        aspect = image_size[1] / image_size[0]
+        train = (
+            aux["keypoints"],
+            groups.joints.reshape(-1, 17, 2),
+            groups.visible.reshape(-1, 17),
+        )
+        held_out = (
+            gallery_aux["keypoints"],
+            to_unit(subset.keypoints, image_size),
+            subset.keypoints[..., 2] > 0,
+        )
+        report.update(landmarks.joint_errors(train, held_out, aspect))
     return report
 
 
-def _segmentation_and_keypoints(apply_fn, variables, images):
-    aux = model_outputs(apply_fn, variables, images)
-    return aux["segmentation"], aux.get("keypoints")
+def image_flow_scores(aux: dict, images: np.ndarray, settings, group_size: int) -> dict:
+    """The image-reconstruction L_fc (`losses/mat.reconstruction_terms`) of the groups under
+    the learned flow and the reference flows, the visibility map always the learned one.
+
+    Args:
+      aux: eval-mode aux of `images`, group-major.
+      images: [N * G, H, W, 3] the groups' images.
+      settings: a `MatLossConfig` (pairs, visibility, Jacobians).
+      group_size: G.
+
+    Returns:
+      {"learned", "no motion", "uniform segmentation", "best single part",
+      "best single part index"}: mean over groups of the sum over pairs.
+    """
+    seg = jnp.asarray(aux["segmentation"])
+    channels = seg.shape[-1]
+
+    @jax.jit
+    def terms(flow_segmentation):
+        values = reconstruction_terms(
+            jnp.asarray(images),
+            seg,
+            jnp.asarray(aux["keypoints"]),
+            flow_jacobians(jax.tree.map(jnp.asarray, aux), settings),
+            group_size,
+            settings.consistency_pairs,
+            settings.consistency_visibility,
+            flow_segmentation,
+        )
+        return jnp.mean(jnp.sum(values, axis=1))
+
+    def constant(channel):
+        one = constant_segmentation(len(images), channels, channel)
+        return jnp.broadcast_to(one, seg.shape)
+
+    scores = {
+        "learned": float(terms(seg)),
+        "no motion": float(terms(constant(0))),
+        "uniform segmentation": float(terms(constant(None))),
+    }
+    singles = [float(terms(constant(k))) for k in range(1, channels)]
+    best = int(np.argmin(singles))
+    scores["best single part"] = singles[best]
+    scores["best single part index"] = best + 1
+    return scores
 
 
 # ----------------------------------------------------------------------------- the gate
