@@ -115,6 +115,13 @@ _FINE_KEYPOINTS = {
     "model.keypoint_features": "segment",
     "loss.keypoint_separation_weight": 10.0,
 }
+_GROUND_TRUTH_TRANSLATIONS = {
+    **_IMAGE_TARGET,
+    "model.keypoint_features": "segment",
+    "model.keypoints": "heatmaps",
+    "pose.source": "ground_truth",
+    "loss.consistency_jacobians": False,
+}
 ABLATIONS["reconstruction"] = {
     "feature L_fc (the default)": {},
     "image L_fc, stride-4 parts": _IMAGE_TARGET,
@@ -133,12 +140,15 @@ ABLATIONS["reconstruction"] = {
         "model.keypoints": "heatmaps",
         "pose.source": "ground_truth",
     },
-    "image L_fc, ground-truth keypoints, translations": {
-        **_IMAGE_TARGET,
-        "model.keypoint_features": "segment",
-        "model.keypoints": "heatmaps",
-        "pose.source": "ground_truth",
-        "loss.consistency_jacobians": False,
+    "image L_fc, ground-truth keypoints, translations": _GROUND_TRUTH_TRANSLATIONS,
+    "+ segmentation with f_g's context": {
+        **_GROUND_TRUTH_TRANSLATIONS,
+        "model.segment_context": True,
+    },
+    "+ presence 10": {**_GROUND_TRUTH_TRANSLATIONS, "loss.part_presence_weight": 10.0},
+    "learned keypoints on the stride-4 map, separation 10, presence 10": {
+        **_FINE_KEYPOINTS,
+        "loss.part_presence_weight": 10.0,
     },
 }
 EVAL_ONLY = {"matching": ("table1", "#5 + encoder + decoder (MAT)")}
@@ -196,6 +206,9 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # Not in the paper: > 0 adds log-Gaussians (this sigma, in [-1, 1] units) around each
     # image's keypoints to its segmentation logits, so part k starts around keypoint k.
     config.model.segmentation_prior_sigma = 0.0
+    # Not in the paper: add f_g's own projection, resized, to the map the segmentation reads
+    # (image-wide context over the finer stage's local detail).
+    config.model.segment_context = False
 
     config.data.image_size = (256, 128)
     config.data.batch_size = 64  # 16 identities x 4 images
@@ -227,6 +240,11 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # the K+1 segmentation maps apart; 0 = the paper's Eq. 9, whose L_fc and part ID losses are
     # all satisfied by one uniform map on every image. An experiment, not a fix: see the README.
     loss.part_diversity_weight = 0.0
+    # Not in the paper: weight of PDiscoNet's presence term (losses/mat.part_presence_loss),
+    # 1 - the mean over parts of each part's largest 3 x 3-averaged probability in the batch;
+    # it keeps parts from vanishing into the background (README, "The image-reconstruction
+    # signal"); 0 = off.
+    loss.part_presence_weight = 0.0
     # L_fc compares image features (Eq. 8): "encoder" = f_g as a softmax over channels at each
     # position, warped by the flow A's segmentation composes; "backbone" = the outputs of
     # the backbone stages loss.consistency_stages instead, L_fc averaged over them (1-4;

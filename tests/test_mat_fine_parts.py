@@ -10,6 +10,7 @@ import pytest
 
 from occreid_jax import families
 from occreid_jax.errors import UserError
+from occreid_jax.losses.mat import part_presence_loss
 from occreid_jax.losses.objectives import MatLossConfig, mat_objective
 from occreid_jax.motion import keypoint_prior_logits
 from occreid_jax.nets.mat_warped_pass import equivariance_forward
@@ -97,3 +98,40 @@ def test_a_train_step_with_the_image_target_has_finite_gradients_for_every_branc
         leaves = jax.tree.leaves(grads[name])
         assert all(np.all(np.isfinite(np.asarray(g))) for g in leaves)
         assert any(np.any(np.asarray(g) != 0) for g in leaves), name
+
+
+def test_presence_is_zero_when_every_part_fills_a_window_and_counts_a_missing_part():
+    seg = np.zeros((2, 6, 6, 3), np.float32)
+    seg[..., 0] = 1.0
+    seg[0, 1:4, 1:4] = [0.0, 1.0, 0.0]  # part 1 fills a 3 x 3 window in image 0
+    assert float(part_presence_loss(jnp.asarray(seg))) == pytest.approx(0.5)
+    seg[1, 2:5, 2:5] = [0.0, 0.0, 1.0]  # part 2 in image 1: both present somewhere
+    assert float(part_presence_loss(jnp.asarray(seg))) == pytest.approx(0.0)
+    # Half a window of part 2 (3 of 9 pixels at 1) averages to 1/3.
+    seg[1, 2:5, 2:5] = [1.0, 0.0, 0.0]
+    seg[1, 2:5, 2] = [0.0, 0.0, 1.0]
+    assert float(part_presence_loss(jnp.asarray(seg))) == pytest.approx(1 - (1 + 1 / 3) / 2)
+
+
+def test_segment_context_adds_the_resized_encoder_map_to_the_segmentation_input():
+    model, _, plain, variables = _run(**FINE)
+    with_context = families.build_model(
+        "mat", num_classes=5, **{**TINY, **FINE, "segment_context": True}
+    )
+    images = _images()
+    fresh = jax.jit(functools.partial(with_context.init, train=False))(
+        jax.random.PRNGKey(0), images
+    )
+    context = fresh["params"]["segment_context"]
+    params = {**variables["params"], "segment_context": jax.tree.map(jnp.zeros_like, context)}
+    # With the context projection zeroed the segmentation is the plain one, exactly.
+    _, aux = jax.jit(functools.partial(with_context.apply, train=False))(
+        {**variables, "params": params}, images
+    )
+    np.testing.assert_allclose(aux["segmentation"], plain["segmentation"], atol=1e-6)
+    # With it on, the segmentation changes.
+    params = {**variables["params"], "segment_context": context}
+    _, aux = jax.jit(functools.partial(with_context.apply, train=False))(
+        {**variables, "params": params}, images
+    )
+    assert not np.allclose(aux["segmentation"], plain["segmentation"], atol=1e-4)

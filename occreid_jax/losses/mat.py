@@ -336,6 +336,26 @@ def part_diversity_loss(segmentation: jax.Array) -> jax.Array:
     return jnp.log(float(num_parts)) + pixel_entropy - usage_entropy
 
 
+def part_presence_loss(segmentation: jax.Array, window: int = 3) -> jax.Array:
+    """Not in the paper: PDiscoNet's presence term (van der Klis et al., ICCV 2023), which
+    keeps every part from vanishing: `1 - mean_k max_{b, z} pool(S_k)(b, z)`, the maximum over
+    the batch and positions of each foreground part's map averaged over `window` x `window`
+    neighbourhoods (so a part must cover a small blob somewhere, not one pixel).
+
+    Args:
+      segmentation: [B, h, w, K+1] part probabilities, channel 0 background.
+      window: the averaging window (odd).
+
+    Returns:
+      Scalar float32 in [0, 1]: 0 when every part fills a window somewhere in the batch.
+    """
+    parts = segmentation[..., 1:].astype(jnp.float32)
+    pooled = jax.lax.reduce_window(
+        parts, 0.0, jax.lax.add, (1, window, window, 1), (1, 1, 1, 1), "SAME"
+    ) / (window * window)
+    return 1.0 - jnp.mean(jnp.max(pooled, axis=(0, 1, 2)))
+
+
 def keypoint_separation_loss(keypoints: jax.Array, sigma: float) -> jax.Array:
     """Not in the paper: the separation prior of Zhang et al. (CVPR 2018, Eq. 6) that keeps
     unsupervised landmarks apart, `exp(-||p_k - p_l||^2 / (2 sigma^2))` averaged over the

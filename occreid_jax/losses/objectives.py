@@ -28,6 +28,7 @@ from occreid_jax.losses.mat import (
     feature_distribution,
     keypoint_separation_loss,
     part_diversity_loss,
+    part_presence_loss,
     reconstruction_loss,
 )
 from occreid_jax.losses.triplet import triplet_loss
@@ -181,6 +182,7 @@ class MatLossConfig(LossConfig):
     equivariance_weight: float = 10.0  # lambda5
     consistency_weight: float = 5.0  # lambda6
     part_diversity_weight: float = 0.0  # not in the paper (losses/mat.part_diversity_loss)
+    part_presence_weight: float = 0.0  # not in the paper (losses/mat.part_presence_loss)
     # What L_fc compares (CONSISTENCY_TARGETS), whether its gradient may reach those features,
     # and which images of a group it pairs with A (losses/mat.consistency_loss).
     consistency_target: str = "encoder"
@@ -330,6 +332,10 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
         metrics.update(part_ce=part_ce, part_triplet=part_tri)
         # Collapse diagnostic (no gradient): 1/(K+1) for uniform maps.
         metrics["segmentation_confidence"] = jnp.mean(jnp.max(aux["segmentation"], axis=-1))
+        if cfg.part_presence_weight:
+            presence = part_presence_loss(aux["segmentation"])
+            loss = loss + cfg.part_presence_weight * presence
+            metrics["part_presence"] = presence
         if cfg.part_diversity_weight:
             diversity = part_diversity_loss(aux["segmentation"])
             loss = loss + cfg.part_diversity_weight * diversity

@@ -152,6 +152,10 @@ class Mat(nn.Module):
         measures). Part features pool f_g
         with the segmentation averaged down to f_g's grid.
       keypoint_features: what the keypoint embeddings multiply, see `KEYPOINT_FEATURES`.
+      segment_context: with segment_features="backbone", add f_g through its own projection,
+        resized bilinearly, to the segmentation's map: image-wide context (which body part a
+        pixel is) on top of the stage's local detail, as a feature pyramid's top-down path
+        (not in the paper).
       segmentation_prior_sigma: > 0 adds `motion.keypoint_prior_logits` of the image's own
         keypoints to the segmentation logits, so part k starts around keypoint k (not in the
         paper; FOMM derives its masks from keypoint Gaussians); 0 = off.
@@ -179,6 +183,7 @@ class Mat(nn.Module):
     segment_stage: int = 4
     keypoint_features: str = "encoder"
     segmentation_prior_sigma: float = 0.0
+    segment_context: bool = False
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
 
@@ -275,9 +280,9 @@ class Mat(nn.Module):
         segment_input = None
         if self.segmentation:
             stage = stages[self.segment_stage - 1 if self.segment_features == "backbone" else -1]
-            segment_input = self._segment_input(features, stage)
-            if self.segment_features == "encoder":
-                segment_input = segment_input.reshape(-1, height, width, self.d_model)
+            segment_input = self._segment_input(
+                features.reshape(-1, height, width, self.d_model), stage
+            )
         if self.keypoints != "none":
             keypoint_map = features.reshape(-1, height, width, self.d_model)
             if self.keypoint_features == "segment" and segment_input is not None:
@@ -386,12 +391,16 @@ class Mat(nn.Module):
     def _segment_input(self, features: jax.Array, fmap: jax.Array) -> jax.Array:
         """What the segment embeddings multiply (`segment_features`): f_g [B, h, w, d], or
         the backbone map of stage `segment_stage` [B, hs, ws, C] through its own projection
-        to [B, hs, ws, d]."""
+        to [B, hs, ws, d], plus with `segment_context` f_g's own projection resized to it."""
         if self.segment_features == "encoder":
             return features
-        return nn.Dense(self.d_model, dtype=jnp.float32, name="segment_proj")(
+        out = nn.Dense(self.d_model, dtype=jnp.float32, name="segment_proj")(
             fmap.astype(jnp.float32)
         )
+        if self.segment_context:
+            context = nn.Dense(self.d_model, dtype=jnp.float32, name="segment_context")(features)
+            out = out + jax.image.resize(context, out.shape, "linear")
+        return out
 
     def _parts(
         self, features, segment_input, segment_emb, size, train: bool, anchors=None
