@@ -20,7 +20,7 @@ from occreid_jax.bundles.export import load_export
 from occreid_jax.data import datasets, heatmap_store, pipeline
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation.features import eval_dataset, evaluate_splits, extract_features
-from occreid_jax.training import pose
+from occreid_jax.training import pose, workdir_lock
 from occreid_jax.training.run import Run
 from occreid_jax.training.train_loop import train_and_evaluate
 
@@ -73,7 +73,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, export_path: str =
         embed, matching, config = load_export(config, run, export_path)
         return evaluate_splits(embed, matching, run.eval_splits, config)
     model, _, state = run.restored_state()  # before the dataset: fail fast without a checkpoint
-    return evaluate_splits(run.embedder(model, state), run.family.matching, run.eval_splits, config)
+    with workdir_lock.held(run.workdir, "eval"):
+        embed = run.embedder(model, state)
+        return evaluate_splits(embed, run.family.matching, run.eval_splits, config)
 
 
 def export_bundle(config: ml_collections.ConfigDict, workdir: str, path: str = "") -> str:
@@ -83,6 +85,11 @@ def export_bundle(config: ml_collections.ConfigDict, workdir: str, path: str = "
     path = path or os.path.join(run.workdir, "export")
     if not distributed.is_main_process():
         return path
+    with workdir_lock.held(run.workdir, "export"):
+        return _write_export(config, run, kwargs, state, path)
+
+
+def _write_export(config, run: Run, kwargs: dict, state, path: str) -> str:
     return export.write(
         path,
         model_name=config.model.name,
@@ -103,6 +110,11 @@ def extract(config: ml_collections.ConfigDict, workdir: str, path: str = "") -> 
     """
     run = Run(config, workdir)
     model, _, state = run.restored_state()
+    with workdir_lock.held(run.workdir, "extract"):
+        return _extract(config, run, model, state, path)
+
+
+def _extract(config, run: Run, model, state, path: str) -> str:
     embed = run.embedder(model, state)
     arrays = {}
     for split_name, split in run.eval_splits.items():

@@ -21,8 +21,10 @@ or --distributed where JAX detects them (SLURM, Open MPI, TPU pods); see README.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import warnings
+from contextlib import nullcontext
 
 # TensorFlow only runs tf.data here. Its oneDNN kernels print a notice at import and make
 # float results depend on the CPU; neither is wanted for image decoding and augmentation.
@@ -104,7 +106,6 @@ def _run(argv) -> None:
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value
     ):
         print(distributed.joined_message(), flush=True)  # one line per process
-    from occreid_jax import evaluation, experiment
     from occreid_jax.config_files import default_workdir
 
     workdir, mode = _WORKDIR.value, _MODE.value
@@ -115,6 +116,26 @@ def _run(argv) -> None:
                 f"workdir: {workdir} (the default for this config; --workdir sets another)",
                 flush=True,
             )
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)  # schedulers, docker stop
+    try:
+        lines = _dispatch(config, workdir, mode)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    if distributed.is_main_process():  # the other processes computed the same, silently
+        print("\n".join(lines))
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM is handled as Ctrl-C: training saves at the current step and says how to resume."""
+    del signum, frame
+    raise KeyboardInterrupt
+
+
+def _dispatch(config, workdir: str, mode: str) -> list[str]:
+    """Runs one --mode; returns the lines to print."""
+    from occreid_jax import evaluation, experiment
+    from occreid_jax.training import workdir_lock
+
     lines = []
     if mode == "train":
         record = experiment.train_and_evaluate(config, workdir)
@@ -139,20 +160,27 @@ def _run(argv) -> None:
 
         lines.extend(f"visrank: {page}" for page in visrank.visrank(config, workdir, _EXPORT.value))
     elif mode == "export":
-        path = experiment.export_bundle(config, workdir, _OUTPUT.value)
-        if config.pose.init and distributed.is_main_process():  # Pirt: store its pose net too
-            from occreid_jax.bundles import bundle_pose
-
-            bundle_pose.write_from_config(path, config)
-        if _FORMAT.value != "msgpack" and distributed.is_main_process():
-            from occreid_jax.bundles import export_formats
-
-            path = export_formats.write(path, _FORMAT.value)
-        lines.append(f"export: {path}")
+        with workdir_lock.held(workdir, "export") if os.path.isdir(workdir) else nullcontext():
+            lines.append(f"export: {_export(config, workdir)}")
     else:
         lines.append(f"features: {experiment.extract(config, workdir, _OUTPUT.value)}")
-    if distributed.is_main_process():  # the other processes computed the same, silently
-        print("\n".join(lines))
+    return lines
+
+
+def _export(config, workdir: str) -> str:
+    """--mode=export: the bundle, Pirt's pose net beside it, another format if asked."""
+    from occreid_jax import distributed, experiment
+
+    path = experiment.export_bundle(config, workdir, _OUTPUT.value)
+    if config.pose.init and distributed.is_main_process():  # Pirt: store its pose net too
+        from occreid_jax.bundles import bundle_pose
+
+        bundle_pose.write_from_config(path, config)
+    if _FORMAT.value != "msgpack" and distributed.is_main_process():
+        from occreid_jax.bundles import export_formats
+
+        path = export_formats.write(path, _FORMAT.value)
+    return path
 
 
 def _fail(message: str) -> None:
@@ -239,6 +267,9 @@ def main() -> None:
         app.run(_run, flags_parser=_parse_flags)
     except UserError as error:
         _fail(str(error))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside training, which saves on its own
+        print("error: interrupted; nothing was saved by this command", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

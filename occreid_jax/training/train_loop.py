@@ -27,7 +27,7 @@ from occreid_jax.distributed import replicate
 from occreid_jax.errors import UserError
 from occreid_jax.evaluation.features import evaluate_splits
 from occreid_jax.probes import flow_probe
-from occreid_jax.training import optim, pose
+from occreid_jax.training import optim, pose, workdir_lock
 from occreid_jax.training.divergence import DivergenceGuard
 from occreid_jax.training.metrics_log import MetricsLog
 from occreid_jax.training.progress import CompletedSteps
@@ -159,6 +159,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     run = Run(config, workdir)
     run.eval_splits  # noqa: B018  (a missing or bad test set fails now, not after an epoch)
     train_split = run.train_split()
+    with workdir_lock.held(run.workdir, "train"):  # the data is readable: now the workdir
+        return _train(run, train_split)
+
+
+def _train(run: Run, train_split) -> dict:
+    """`train_and_evaluate` once the data is loaded and the workdir is locked."""
+    config = run.config
     sampler = IdentitySampler(
         train_split.labels,
         config.data.batch_size,
