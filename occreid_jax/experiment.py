@@ -12,10 +12,9 @@ import os
 
 import jax
 import ml_collections
-import numpy as np
 
 from occreid_jax import distributed
-from occreid_jax.bundles import export
+from occreid_jax.bundles import atomic, export
 from occreid_jax.bundles.export import load_export
 from occreid_jax.data import datasets, heatmap_store, pipeline
 from occreid_jax.errors import UserError
@@ -129,6 +128,4 @@ def _extract(config, run: Run, model, state, path: str) -> str:
     path = path or os.path.join(run.workdir, "features.npz")
     if not distributed.is_main_process():
         return path
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savez(path, **arrays)
-    return path
+    return atomic.write_npz(path, arrays)

@@ -52,6 +52,7 @@ def write_results(out_dir: str, result, image_size: tuple[int, int], matching) -
     """Writes ranks.csv, features.npz, one PNG per query and index.html; returns the page."""
     import numpy as np
 
+    from occreid_jax.bundles import atomic
     from occreid_jax.data.image_files import decode_rgb
     from occreid_jax.pictures import rank_pictures
 
@@ -67,7 +68,7 @@ def write_results(out_dir: str, result, image_size: tuple[int, int], matching) -
     for prefix, images in (("query", query), ("gallery", gallery)):
         arrays[f"{prefix}_features"] = matching.global_feature(images.features)
         arrays.update({f"{prefix}_{k}": v for k, v in images.features.items()})
-    np.savez(os.path.join(out_dir, "features.npz"), **arrays)
+    atomic.write_npz(os.path.join(out_dir, "features.npz"), arrays)
     entries = []
     for q, (row, dists) in enumerate(zip(result.indices, result.distances, strict=True)):
         strip = rank_pictures.ranked_strip(

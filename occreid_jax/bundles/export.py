@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from occreid_jax import families
+from occreid_jax.bundles import atomic
 from occreid_jax.data import IMAGENET_MEAN, IMAGENET_STD
 from occreid_jax.errors import UserError
 
@@ -99,9 +99,10 @@ def write(
 ) -> str:
     """Writes a bundle folder at `path` and returns the path.
 
-    Atomic: the files go to a temporary folder beside `path`, renamed into place once
-    complete, so an interrupted export never leaves a half-written bundle (an older bundle at
-    `path` stays whole until the new one replaces it).
+    Atomic (`bundles/atomic.py`): the files go to a folder beside `path` that replaces it
+    once complete (exchanged in one step on Linux), so `path` holds the older bundle or the
+    new one at every instant of a crash; staging left by a killed export is removed by the
+    next one.
     """
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
@@ -118,22 +119,13 @@ def write(
         "matching": matching,
     }
     variables = jax.device_get(flax.serialization.to_state_dict(variables))
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's folder is private; a bundle is not
+    staging = atomic.staging_folder(path)
     try:
         with open(os.path.join(staging, VARIABLES), "wb") as f:
             f.write(flax.serialization.msgpack_serialize(variables))
         with open(os.path.join(staging, DESCRIPTION), "w") as f:
             json.dump(description, f, indent=2)
-        old = None
-        if os.path.isdir(path):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old.", dir=parent)
-            os.replace(path, os.path.join(old, "bundle"))
-        os.replace(staging, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        atomic.replace_folder(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
