@@ -116,19 +116,26 @@ def _run(argv) -> None:
                 f"workdir: {workdir} (the default for this config; --workdir sets another)",
                 flush=True,
             )
-    previous_handler = signal.signal(signal.SIGTERM, _interrupt)  # schedulers, docker stop
     try:
         lines = _dispatch(config, workdir, mode)
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        _FINISHED[0] = True  # a SIGTERM from now on finds the work done: ignored
     if distributed.is_main_process():  # the other processes computed the same, silently
         print("\n".join(lines))
 
 
+# Whether this command's work has ended (set once `_dispatch` returns or raises).
+_FINISHED = [False]
+
+
 def _interrupt(signum, frame) -> None:
-    """SIGTERM is handled as Ctrl-C: training saves at the current step and says how to resume."""
+    """SIGTERM (schedulers, `timeout`, `docker stop`) is handled as Ctrl-C: training saves at
+    the current step and says how to resume. One that arrives after the work ended (while the
+    result or the error line is printed) is ignored, so it cannot turn a saved run into a
+    process killed by the signal."""
     del signum, frame
-    raise KeyboardInterrupt
+    if not _FINISHED[0]:
+        raise KeyboardInterrupt
 
 
 def _dispatch(config, workdir: str, mode: str) -> list[str]:
@@ -263,6 +270,8 @@ def _last_line(error: Exception) -> str:
 def main() -> None:
     """Entry point: user mistakes end with one line on stderr and exit status 2."""
     flags.mark_flags_as_required(["config"])
+    _FINISHED[0] = False
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         app.run(_run, flags_parser=_parse_flags)
     except UserError as error:
@@ -270,6 +279,8 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside training, which saves on its own
         print("error: interrupted; nothing was saved by this command", file=sys.stderr)
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
 
 
 if __name__ == "__main__":

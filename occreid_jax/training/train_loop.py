@@ -32,6 +32,7 @@ from occreid_jax.training.divergence import DivergenceGuard
 from occreid_jax.training.metrics_log import MetricsLog
 from occreid_jax.training.progress import CompletedSteps
 from occreid_jax.training.run import Run, init_backbone
+from occreid_jax.training.signals import SignalShield
 from occreid_jax.training.train import create_train_state, parallel_train_step
 
 
@@ -210,6 +211,8 @@ def _train(run: Run, train_split) -> dict:
     )
     progress = CompletedSteps(bar, config.data.batch_size)  # advances as steps complete
     window_start, window_images = time.perf_counter(), 0
+    logged_step = start_step
+    shield = None
     try:
         if start_step == 0 and config.train.eval_at_start:
             record.data["untrained"] = record.evaluate(state, 0, key="untrained")
@@ -231,6 +234,7 @@ def _train(run: Run, train_split) -> dict:
                 metrics["images_per_sec"] = window_images / max(elapsed, 1e-9)
                 metrics["lr"] = float(schedule(step - 1))  # the rate this step used
                 log.write("train", step, metrics)
+                logged_step = step
                 progress.note(loss=f"{metrics['loss']:.3f}")
                 window_start, window_images = time.perf_counter(), 0
             if saves:
@@ -243,16 +247,26 @@ def _train(run: Run, train_split) -> dict:
                     tqdm.write(f"epoch {step // steps_per_epoch}: " + _short(results))
         progress.drain()
     except KeyboardInterrupt:
+        shield = SignalShield()  # a second Ctrl-C or SIGTERM must not break the save
         if step > start_step:  # the Ctrl-C save is checked like any other save
             loss = float(np.asarray(jax.device_get(metrics["loss"])).reshape(-1)[0])
             guard.check(step, loss, float(schedule(step - 1)), checkpointer.latest_step())
+            if step != logged_step:  # each step once: the interrupted step's metrics too
+                log.write("train", step, _scalars(metrics))
         _save_on_interrupt(run, checkpointer, step, state)
     finally:
         bar.close()
         checkpointer.close()  # waits for asynchronous saves, whatever ended the loop
+        if shield is not None:
+            shield.restore()
     if record.data.get("step") != step or "results" not in record.data:
         record.evaluate(state, step)
     return record.data
+
+
+def _scalars(metrics: dict) -> dict:
+    """One step's metrics (device arrays, one value per device, or floats) as floats."""
+    return {k: float(np.asarray(jax.device_get(v)).reshape(-1)[0]) for k, v in metrics.items()}
 
 
 def _save_on_interrupt(run: Run, checkpointer, step: int, state) -> None:
