@@ -23,6 +23,7 @@ USAGE = f"usage: occreid {{{','.join(MODES + TOOLS)}}} [flags]; occreid COMMAND 
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatches `occreid COMMAND ...`; returns (or exits with) the command's status."""
+    in_process = argv is not None  # a caller that goes on running after the command
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr if not argv else sys.stdout)
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         from occreid_jax import main as modes
 
         sys.argv = [f"occreid {command}", f"--mode={command}", *rest]
-        modes.main()
+        modes.main(restore_signal_handler=in_process)
         return 0
     if command == "search":
         from occreid_jax import search

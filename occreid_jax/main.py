@@ -267,8 +267,15 @@ def _last_line(error: Exception) -> str:
     return " ".join(tail).replace("'", "").replace("\\", "")
 
 
-def main() -> None:
-    """Entry point: user mistakes end with one line on stderr and exit status 2."""
+def main(restore_signal_handler: bool = True) -> None:
+    """Entry point: user mistakes end with one line on stderr and exit status 2.
+
+    Args:
+      restore_signal_handler: put the caller's SIGTERM handler back at the end (a caller
+        that goes on running); a process that ends with the command keeps ours, which ignores
+        a SIGTERM that arrives while it exits (else the signal would turn a run that saved
+        and said so into a process killed by it).
+    """
     flags.mark_flags_as_required(["config"])
     _FINISHED[0] = False
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
@@ -280,8 +287,9 @@ def main() -> None:
         print("error: interrupted; nothing was saved by this command", file=sys.stderr)
         sys.exit(130)
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if restore_signal_handler:
+            signal.signal(signal.SIGTERM, previous_handler)
 
 
 if __name__ == "__main__":
-    main()
+    main(restore_signal_handler=False)
