@@ -411,7 +411,9 @@ class Mat(nn.Module):
         height, width = size
         seg_size = segment_input.shape[1:3]
         emb = MLPHead(d, self.head_layers, name="segment_head")(segment_emb)
-        logits = jnp.einsum("bhwd,bkd->bhwk", segment_input, emb) * self._map_scale()
+        flat = segment_input.reshape(batch, -1, d)  # [B, hs * ws, d]
+        logits = jnp.einsum("bnd,bkd->bnk", flat, emb) * self._map_scale()
+        logits = logits.reshape(batch, *seg_size, k + 1)
         if anchors is not None:
             prior = motion.keypoint_prior_logits(anchors, seg_size, self.segmentation_prior_sigma)
             logits = logits + prior
