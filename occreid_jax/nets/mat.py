@@ -278,19 +278,22 @@ class Mat(nn.Module):
         keypoint_emb, segment_emb = self._decode(tokens, train)
         aux: dict[str, Any] = {"backbone_maps": stages}
         segment_input = None
-        if self.segmentation:
-            stage = stages[self.segment_stage - 1 if self.segment_features == "backbone" else -1]
-            segment_input = self._segment_input(
-                features.reshape(-1, height, width, self.d_model), stage
-            )
+        if self.segmentation and self.keypoint_features == "segment":  # keypoints read it
+            segment_input = self._segment_input(features, stages)
         if self.keypoints != "none":
-            keypoint_map = features.reshape(-1, height, width, self.d_model)
-            if self.keypoint_features == "segment" and segment_input is not None:
-                keypoint_map = segment_input
-            aux.update(self._keypoints(keypoint_map, keypoint_emb, heatmaps, train))
+            if segment_input is None:  # f_g, as [B, h * w, d]
+                aux.update(
+                    self._keypoints(features, (height, width), keypoint_emb, heatmaps, train)
+                )
+            else:
+                flat = segment_input.reshape(features.shape[0], -1, self.d_model)
+                size = segment_input.shape[1:3]
+                aux.update(self._keypoints(flat, size, keypoint_emb, heatmaps, train))
         out, global_aux = self._global_branch(features, (height, width), train)
         aux.update(global_aux)
         if self.segmentation:
+            if segment_input is None:
+                segment_input = self._segment_input(features, stages)
             anchors = aux.get("keypoints") if self.segmentation_prior_sigma > 0 else None
             parts, part_aux = self._parts(
                 features, segment_input, segment_emb, (height, width), train, anchors
@@ -337,14 +340,12 @@ class Mat(nn.Module):
     def _map_scale(self) -> float:
         return 1.0 / math.sqrt(self.d_model) if self.scale_maps else 1.0
 
-    def _keypoints(self, keypoint_map, keypoint_emb, heatmaps, train: bool) -> dict:
+    def _keypoints(self, features, size, keypoint_emb, heatmaps, train: bool) -> dict:
         """Keypoints [B, K, 2], Jacobians [B, K, 2, 2] and heatmaps [B, h, w, K] from the map
-        [B, h, w, d] the keypoint embeddings multiply (aux entries; none with
-        keypoints="heatmaps" and no heatmaps at inference)."""
-        batch, k = keypoint_map.shape[0], self.num_parts
-        height, width = keypoint_map.shape[1:3]
-        size = (height, width)
-        features = keypoint_map.reshape(batch, height * width, -1)
+        [B, h * w, d] of `size` (h, w) the keypoint embeddings multiply (aux entries; none
+        with keypoints="heatmaps" and no heatmaps at inference)."""
+        batch, k = features.shape[0], self.num_parts
+        height, width = size
         # FOMM's Jacobian head: zero weights, bias = identity, so every J_k starts at I.
         jacobian_map = nn.Dense(
             4 * k,
@@ -388,12 +389,16 @@ class Mat(nn.Module):
             aux["logits"] = classifier(self.num_classes, "classifier")(out["global"])
         return out, aux
 
-    def _segment_input(self, features: jax.Array, fmap: jax.Array) -> jax.Array:
-        """What the segment embeddings multiply (`segment_features`): f_g [B, h, w, d], or
-        the backbone map of stage `segment_stage` [B, hs, ws, C] through its own projection
-        to [B, hs, ws, d], plus with `segment_context` f_g's own projection resized to it."""
+    def _segment_input(self, features: jax.Array, stages: list) -> jax.Array:
+        """What the segment embeddings multiply (`segment_features`): f_g [B, h, w, d] (from
+        `features` [B, h * w, d]), or the backbone map of stage `segment_stage` through its
+        own projection to [B, hs, ws, d], plus with `segment_context` f_g's own projection
+        resized to it."""
+        height, width = stages[-1].shape[1:3]
+        features = features.reshape(-1, height, width, self.d_model)
         if self.segment_features == "encoder":
             return features
+        fmap = stages[self.segment_stage - 1]
         out = nn.Dense(self.d_model, dtype=jnp.float32, name="segment_proj")(
             fmap.astype(jnp.float32)
         )
@@ -413,16 +418,16 @@ class Mat(nn.Module):
         emb = MLPHead(d, self.head_layers, name="segment_head")(segment_emb)
         flat = segment_input.reshape(batch, -1, d)  # [B, hs * ws, d]
         logits = jnp.einsum("bnd,bkd->bnk", flat, emb) * self._map_scale()
-        logits = logits.reshape(batch, *seg_size, k + 1)
         if anchors is not None:
             prior = motion.keypoint_prior_logits(anchors, seg_size, self.segmentation_prior_sigma)
-            logits = logits + prior
-        seg = jax.nn.softmax(logits, axis=-1)  # [B, hs, ws, K+1]
-        pooled = seg
+            logits = logits + prior.reshape(logits.shape)
+        seg_flat = jax.nn.softmax(logits, axis=-1)  # [B, hs * ws, K+1]
+        seg = seg_flat.reshape(batch, *seg_size, k + 1)
         if seg_size != (height, width):  # a finer segmentation, averaged to f_g's cells
             fy, fx = seg_size[0] // height, seg_size[1] // width
             pooled = seg.reshape(batch, height, fy, width, fx, k + 1).mean(axis=(2, 4))
-        part_weights = pooled.reshape(batch, height * width, k + 1)[..., 1:]  # background out
+            seg_flat = pooled.reshape(batch, height * width, k + 1)
+        part_weights = seg_flat[..., 1:]  # [B, h * w, K], background out
         mass = part_weights.sum(axis=1)  # [B, K]
         part_feat = jnp.einsum("bnk,bnd->bkd", part_weights, features) / (mass[..., None] + 1e-6)
         bn_parts = self._bnneck(part_feat.reshape(batch, k * d), train, "part_bottleneck")
