@@ -92,6 +92,32 @@ def feature_distribution(maps: jax.Array) -> jax.Array:
 CONSISTENCY_PAIRS = ("all", "first")
 
 
+def pair_views(batch: int, group_size: int, pairs: str):
+    """How L_fc pairs the images of an identity-major batch: `(anchors, sources, others)`.
+
+    For x [B, ...] in groups of `group_size` adjacent images, `sources(x)` takes the compared
+    images X of every group and `anchors(x)` its first image A once per X, both
+    [B / group_size * others, ...]; `others` is 1 for pairs "first" (A with the second image)
+    and group_size - 1 for "all".
+    """
+    if batch % group_size:
+        raise ValueError(f"batch {batch} is not a multiple of the group size {group_size}")
+    if pairs not in CONSISTENCY_PAIRS:
+        raise ValueError(f"pairs must be one of {CONSISTENCY_PAIRS}, got {pairs!r}")
+    others = 1 if pairs == "first" else group_size - 1
+
+    def grouped(x):
+        return x.reshape(batch // group_size, group_size, *x.shape[1:])
+
+    def anchors(x):
+        return jnp.repeat(grouped(x)[:, :1], others, axis=1).reshape(-1, *x.shape[1:])
+
+    def sources(x):
+        return grouped(x)[:, 1 : 1 + others].reshape(-1, *x.shape[1:])
+
+    return anchors, sources, others
+
+
 def consistency_loss(
     maps: jax.Array,
     segmentation: jax.Array,
@@ -122,31 +148,16 @@ def consistency_loss(
       Scalar: mean over groups of `sum_X KL(f_A || F_{A<-X} x f_X)`.
     """
     batch = maps.shape[0]
-    if batch % group_size:
-        raise ValueError(f"batch {batch} is not a multiple of the group size {group_size}")
-    if pairs not in CONSISTENCY_PAIRS:
-        raise ValueError(f"pairs must be one of {CONSISTENCY_PAIRS}, got {pairs!r}")
+    anchors, sources, others = pair_views(batch, group_size, pairs)
     if segmentation.shape[1:3] != maps.shape[1:3]:
         segmentation = jax.image.resize(
             segmentation, (batch, *maps.shape[1:3], segmentation.shape[-1]), "linear"
         )
-
-    def grouped(x):
-        return x.reshape(batch // group_size, group_size, *x.shape[1:])
-
-    fmap, seg, kp, jac = (grouped(x) for x in (maps, segmentation, keypoints, jacobians))
-    others = 1 if pairs == "first" else group_size - 1
-
-    def anchors(x):
-        return jnp.repeat(x[:, :1], others, axis=1).reshape(-1, *x.shape[2:])
-
-    def sources(x):
-        return x[:, 1 : 1 + others].reshape(-1, *x.shape[2:])
-
+    kp, jac = keypoints, jacobians
     warped = motion.warp_to_target(
-        sources(fmap), anchors(seg), sources(kp), sources(jac), anchors(kp), anchors(jac)
+        sources(maps), anchors(segmentation), sources(kp), sources(jac), anchors(kp), anchors(jac)
     )
-    kl = kl_divergence(anchors(fmap), warped).reshape(-1, others)
+    kl = kl_divergence(anchors(maps), warped).reshape(-1, others)
     return jnp.mean(jnp.sum(kl, axis=1))
 
 
@@ -264,22 +275,8 @@ def reconstruction_terms(
     place of the segmentation; the visibility map still comes from `segmentation`, so flows
     can be compared under one weighting (the flow probe's reference flows).
     """
-    batch = images.shape[0]
-    if batch % group_size:
-        raise ValueError(f"batch {batch} is not a multiple of the group size {group_size}")
-    if pairs not in CONSISTENCY_PAIRS:
-        raise ValueError(f"pairs must be one of {CONSISTENCY_PAIRS}, got {pairs!r}")
+    anchors, sources, others = pair_views(images.shape[0], group_size, pairs)
     size = images.shape[1:3]
-    others = 1 if pairs == "first" else group_size - 1
-
-    def grouped(x):
-        return x.reshape(batch // group_size, group_size, *x.shape[1:])
-
-    def anchors(x):
-        return jnp.repeat(grouped(x)[:, :1], others, axis=1).reshape(-1, *x.shape[1:])
-
-    def sources(x):
-        return grouped(x)[:, 1 : 1 + others].reshape(-1, *x.shape[1:])
 
     seg_a = anchors(segmentation if flow_segmentation is None else flow_segmentation)
     num, height, width, channels = seg_a.shape
