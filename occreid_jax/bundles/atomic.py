@@ -63,9 +63,7 @@ def staging_folder(path: str) -> str:
     parent, name = os.path.split(os.path.abspath(path))
     remove_leftovers(parent, name)
     staging = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{name}.", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
+    os.chmod(staging, 0o777 & ~_umask())
     return staging
 
 
@@ -125,6 +123,7 @@ def write_npz(path: str, arrays: dict) -> str:
 
 
 def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set back)."""
     umask = os.umask(0)
     os.umask(umask)
     return umask

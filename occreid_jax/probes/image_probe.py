@@ -59,7 +59,7 @@ def articulation(pairs: Pairs) -> np.ndarray:
     affine: how much the limbs move beyond one motion of the whole body."""
     body = limb_flows.body_motion(pairs.joints_a, pairs.joints_x, pairs.visible, pairs.aspect)
     moved = np.einsum("nij,nkj->nki", body[:, 0, :, :2], pairs.joints_a) + body[:, 0, None, :, 2]
-    residual = (moved - pairs.joints_x) * np.asarray([pairs.aspect / 2, 0.5])
+    residual = (moved - pairs.joints_x) * limb_flows.height_scale(pairs.aspect)
     err = np.sum(np.square(residual), -1)
     vis = pairs.visible.astype(np.float64)
     return np.sqrt(np.sum(err * vis, 1) / np.maximum(vis.sum(1), 1))

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from occreid_jax.probes.limb_flows import height_scale
+
 # Ridge on the map's weights (not in the papers, which fit plainly): keeps the fit defined
 # when keypoints coincide (a collapsed layout), negligible otherwise.
 RIDGE = 1e-6
 
 
 def _heights(points: np.ndarray, aspect: float) -> np.ndarray:
-    return points * np.asarray([aspect / 2.0, 0.5])
+    return np.asarray(points, np.float64) * height_scale(aspect).astype(np.float64)
 
 
 def fit_regressor(

@@ -55,8 +55,9 @@ def _grid(num: int, size: tuple[int, int]) -> np.ndarray:
     return np.broadcast_to(np.asarray(motion.make_grid(*size)), (num, *size, 2))
 
 
-def _heights(aspect: float) -> np.ndarray:
-    """[-1, 1] coordinates -> image heights, for images of width / height `aspect`."""
+def height_scale(aspect: float) -> np.ndarray:
+    """[2]: multiplies (x, y) in [-1, 1] into image heights, for images of width / height
+    `aspect` (the probes' unit of distance)."""
     return np.asarray([aspect / 2.0, 0.5], np.float32)
 
 
@@ -105,7 +106,7 @@ def part_map(
     """
     num = len(joints)
     height, width = size
-    scale = _heights(width / height)
+    scale = height_scale(width / height)
     grid = _grid(num, size) * scale
     points = joints * scale
     owner = bone_of_group(groups)
@@ -170,7 +171,7 @@ def group_motions(joints_a, joints_x, groups, visible=None, aspect: float = 0.5)
         leaves the others out (a group with none visible keeps them all).
       aspect: image width / height: fits happen in image heights, so a similarity stays one.
     """
-    scale = _heights(aspect)
+    scale = height_scale(aspect)
     out = np.zeros((len(joints_a), len(groups), 2, 3))
     for i in range(len(joints_a)):
         for g, members in enumerate(groups):
