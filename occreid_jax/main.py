@@ -4,7 +4,7 @@
   python -m occreid_jax.main --config=configs/baseline.py:synthetic --workdir=runs/demo --mode=eval
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=eval --export=runs/demo/export
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=export [--output=DIR]
-      [--format=jax_export|savedmodel]
+      [--format=jax_export|savedmodel|onnx]
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=extract [--output=FILE.npz]
   python -m occreid_jax.main --config=... --workdir=runs/demo --mode=heatmaps \
       --config.pose.init=pose_hrnet_w48_256x192.pth
@@ -59,9 +59,10 @@ _OUTPUT = flags.DEFINE_string("output", "", "export: bundle folder; extract: .np
 _FORMAT = flags.DEFINE_enum(
     "format",
     "msgpack",
-    ("msgpack", "jax_export", "savedmodel"),
-    "export: also write the embedding function as jax.export StableHLO or a TF SavedModel "
-    "(loadable without occreid_jax; see occreid_jax/bundles/export_formats.py).",
+    ("msgpack", "jax_export", "savedmodel", "onnx"),
+    "export: also write the embedding function as jax.export StableHLO, a TF SavedModel or "
+    'an ONNX file (onnx: pip install -e ".[onnx]") (loadable without occreid_jax; see '
+    "occreid_jax/bundles/export_formats.py).",
 )
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", "", "Several processes: process 0's host:port, the same everywhere."
@@ -272,9 +273,9 @@ def main(restore_signal_handler: bool = True) -> None:
 
     Args:
       restore_signal_handler: put the caller's SIGTERM handler back at the end (a caller
-        that goes on running); a process that ends with the command keeps ours, which ignores
-        a SIGTERM that arrives while it exits (else the signal would turn a run that saved
-        and said so into a process killed by it).
+        that goes on running); a process that ends with the command ignores SIGTERM from then
+        on (else a signal that arrives while it exits would turn a run that saved and said so
+        into a process killed by it: Python's exit resets its own handlers to the default).
     """
     flags.mark_flags_as_required(["config"])
     _FINISHED[0] = False
@@ -289,6 +290,8 @@ def main(restore_signal_handler: bool = True) -> None:
     finally:
         if restore_signal_handler:
             signal.signal(signal.SIGTERM, previous_handler)
+        else:  # the work is over: ignored in C, which Python's exit does not reset to the
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # default (a Python handler, it does)
 
 
 if __name__ == "__main__":

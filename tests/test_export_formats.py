@@ -94,6 +94,6 @@ def test_pirt_export_takes_heatmaps_as_second_input(tiny_config, tmp_path):
 
 
 def test_unknown_format_is_a_clear_error(tiny_bundle_dir):
-    with pytest.raises(UserError, match="unknown --format=onnx"):
-        export_formats.write(tiny_bundle_dir, "onnx")
+    with pytest.raises(UserError, match="unknown --format=tflite"):
+        export_formats.write(tiny_bundle_dir, "tflite")
     assert export_formats.write(tiny_bundle_dir, "msgpack") == tiny_bundle_dir

@@ -122,6 +122,37 @@ def write_npz(path: str, arrays: dict) -> str:
     return path
 
 
+def write_file(path: str, data: bytes | str) -> str:
+    """`data` written to a temporary name beside `path`, flushed to disk and renamed: a reader
+    (or a crash) finds the earlier file or the new one, never a part. Returns `path`."""
+    parent, name = os.path.split(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f"{_STAGING_PREFIX}{name}.", dir=parent)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            # surrogateescape: file names that are not valid UTF-8 keep their very bytes
+            f.write(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+    return path
+
+
+def write_image(path: str, rgb: np.ndarray) -> str:
+    """An RGB uint8 image [H, W, 3] written whole (`write_file`) in the format of its name."""
+    import cv2
+
+    ok, encoded = cv2.imencode(os.path.splitext(path)[1] or ".png", rgb[..., ::-1])
+    if not ok:
+        raise ValueError(f"cannot encode an image of shape {rgb.shape} for {path}")
+    return write_file(path, encoded.tobytes())
+
+
 def _umask() -> int:
     """The process's umask (reading it means setting it, so it is set back)."""
     umask = os.umask(0)
