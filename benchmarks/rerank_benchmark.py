@@ -16,6 +16,10 @@ Each configuration runs once in a fresh subprocess for its peak RSS (VmHWM) and 
 both run --repeats times alternately in this process, whose median times give the ratio
 (with --no-dense, the table shows the subprocess's time). The metrics of the two must be
 equal: CMC, every AP and INP, bit for bit.
+
+Then the neighbour pass alone beside the bare blocked product of the same blocks (and faiss's
+exact flat search when faiss-cpu is installed; not a dependency of the package), --repeats
+times alternating, with their ratio (`--neighbours-only`: that table alone).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from benchmarks.eval_benchmark import (  # noqa: E402
     make_data,
     peak_rss_mib,
 )
+from occreid_jax.errors import OneLineArgumentParser, int_at_least  # noqa: E402
 from occreid_jax.evaluation import (  # noqa: E402
     FeatureSetPairs,
     evaluate_distance_blocks,
@@ -47,7 +52,12 @@ from occreid_jax.evaluation import (  # noqa: E402
 )
 from occreid_jax.evaluation import blocks as tiling  # noqa: E402
 from occreid_jax.evaluation.rerank import k_reciprocal_rerank  # noqa: E402
-from occreid_jax.evaluation.rerank_blocks import BlockedReRanking  # noqa: E402
+from occreid_jax.evaluation.rerank_blocks import (  # noqa: E402
+    BlockedReRanking,
+    budget_rows,
+    neighbour_pass,
+)
+from occreid_jax.evaluation.set_pairs import probe_slices  # noqa: E402
 
 
 def run_dense(data: dict, args: argparse.Namespace) -> tuple[dict, dict]:
@@ -87,6 +97,56 @@ def run_blocked(data: dict, args: argparse.Namespace) -> tuple[dict, dict]:
 RUNS = {"dense": run_dense, "blocked": run_blocked}
 
 
+def neighbour_pass_rows(data: dict, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Seconds of the neighbour pass beside the bare blocked product of the same blocks, and
+    an exact flat search of faiss (when installed), each --repeats times, alternating.
+
+    * bare product: every probe block of the pass times the queries and the gallery (the
+      matrix products of `FeatureSetPairs.block`, nothing else);
+    * neighbour pass: `rerank_blocks.neighbour_pass`, the K = 21 nearest of every row by
+      d = M / row max, ties by index, the pass `BlockedReRanking` runs;
+    * faiss: `IndexFlatIP` over the unit features (cosine), the 21 nearest of all Q + G.
+    """
+    pairs = FeatureSetPairs(data["q"], data["g"], args.metric)
+    rows = budget_rows(pairs, args.memory_mib)
+    slices = probe_slices(pairs.num_query, pairs.num_gallery, rows)
+
+    everything = np.concatenate([pairs.q, pairs.g])  # the probes, as the pass reads them
+
+    def bare():
+        for block in slices:
+            for cands in pairs.cands:
+                everything[block] @ cands.T
+
+    runs = {"bare product": bare, "neighbour pass": lambda: neighbour_pass(pairs, rows, 21)}
+    try:
+        import faiss
+
+        index = faiss.IndexFlatIP(pairs.q.shape[1])
+        for cands in pairs.cands:
+            index.add(cands)  # (cosine: unit rows; euclidean: raw rows, an inner-product search)
+        unit = np.concatenate(pairs.cands)
+        runs["faiss IndexFlatIP"] = lambda: index.search(unit, 21)
+    except ImportError:
+        print("faiss-cpu is not installed (pip install faiss-cpu): its reference row left out")
+    times = {name: [] for name in runs}
+    for _ in range(max(1, args.repeats)):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def print_neighbour_pass(times: dict[str, list[float]]) -> None:
+    """The table of `neighbour_pass_rows`: median seconds and the ratio to the bare product."""
+    median = {name: float(np.median(t)) for name, t in times.items()}
+    print("| neighbour pass step | median s | / bare product |")
+    print("|---|---|---|")
+    for name, m in median.items():
+        print(f"| {name} | {m:.2f} | {m / median['bare product']:.2f} |")
+
+
 def child(kind: str, path: str, args: argparse.Namespace) -> None:
     """Loads the data, runs one configuration, prints JSON and saves the per-query metrics."""
     data = {name: np.load(os.path.join(path, f"{name}.npy")) for name in DATA_NAMES}
@@ -99,10 +159,16 @@ def child(kind: str, path: str, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_data_arguments(p)
-    p.add_argument("--repeats", type=int, default=1, help="in-process runs of each, alternating")
+    p.add_argument(
+        "--repeats", type=int_at_least(1), default=1, help="in-process runs of each, alternating"
+    )
     p.add_argument("--no-dense", action="store_true", help="blocked only (MSMT17: 35 GB dense)")
+    p.add_argument(
+        "--neighbours-only", action="store_true",
+        help="only the neighbour pass beside the bare product (and faiss, when installed)",
+    )  # fmt: skip
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     p.add_argument("--data", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -116,6 +182,9 @@ def main() -> None:
     backend = tiling.resolve_backend(args.backend)
     print(f"{num_q} queries x {num_g} gallery, dim {args.dim}, {args.metric}, k1=20 k2=6 "
           f"lambda=0.3, budget {args.memory_mib:g} MiB, {backend}")  # fmt: skip
+    if args.neighbours_only:
+        print_neighbour_pass(neighbour_pass_rows(data, args))
+        return
     children, per_query = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in DATA_NAMES:
@@ -150,6 +219,8 @@ def main() -> None:
     rss = {k: f"{children[k]['peak_mib']:,.0f} MiB" for k in kinds}
     if args.no_dense:
         print(f"| {size} | - | {median['blocked']:.1f} | - | - | {rss['blocked']} | - |")
+        if args.repeats > 1:
+            print_neighbour_pass(neighbour_pass_rows(data, args))
         return
     equal = all(
         np.array_equal(per_query["dense"][k], per_query["blocked"][k]) for k in ("cmc", "AP", "INP")
@@ -158,6 +229,7 @@ def main() -> None:
     print(f"| {size} | {median['dense']:.1f} | {median['blocked']:.1f} | "
           f"{median['blocked'] / median['dense']:.2f} | {rss['dense']} | {rss['blocked']} | "
           f"{'yes' if equal else f'no (max |dAP| {diff:.1e})'} |")  # fmt: skip
+    print_neighbour_pass(neighbour_pass_rows(data, args))
     if not equal:
         sys.exit("MISMATCH between the dense and the blocked re-ranking")
 

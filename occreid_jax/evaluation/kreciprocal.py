@@ -74,7 +74,8 @@ def smallest_k(block: np.ndarray, k: int) -> np.ndarray:
     if n < 4 * stride * k:
         return _smallest_k_by_partition(block, k)
     bound = np.partition(block[:, ::stride], k - 1, axis=1)[:, k - 1 : k]  # [C, 1]
-    rows, cols = np.nonzero(block <= bound)  # row-major: columns increase within a row
+    # Row-major, columns increasing within a row (a flat scan: np.nonzero of 2-d is ~6x slower).
+    rows, cols = np.divmod(np.flatnonzero(block <= bound), n)
     counts = np.bincount(rows, minlength=num_rows)
     width = int(counts.max())
     if width > n // 4:  # many ties at the bound: no gain

@@ -26,14 +26,17 @@ where the dense version fills the matrix, then scans it.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tqdm
 
 from occreid_jax.evaluation import kreciprocal
 from occreid_jax.evaluation.blocks import DEFAULT_MEMORY_MIB
-from occreid_jax.evaluation.ranking import NaNDistancesError
+from occreid_jax.evaluation.scaled_nearest import nearest_scaled
 from occreid_jax.evaluation.set_pairs import FeatureSetPairs, SetPairs, probe_slices
 
 # Working bytes per (query, gallery) distance of a final block: the shared sums and their
@@ -76,13 +79,10 @@ class BlockedReRanking:
         if k1 < 1 or k2 < 1:
             raise ValueError(f"k1 and k2 must be >= 1, got {k1}, {k2}")
         self.pairs, self.lambda_value = pairs, float(lambda_value)
-        n, num_q, num_g = pairs.num_images, pairs.num_query, pairs.num_gallery
+        n, num_q = pairs.num_images, pairs.num_query
         budget = int((memory_mib or DEFAULT_MEMORY_MIB) * 2**20)
-        if budget <= 0:
-            raise ValueError(f"the memory budget must be positive, got {memory_mib} MiB")
-        # Half the budget for blocks of rows, half for chunks of the sparse steps.
-        per_row = max(pairs.bytes_per_distance * n, FINAL_BYTES_PER_DISTANCE * num_g)
-        self.block_rows = int(block_rows or max(1, budget // (2 * per_row)))
+        by_budget = budget_rows(pairs, memory_mib)  # (checks the budget)
+        self.block_rows = int(block_rows or by_budget)
         self.chunk_entries = max(1024, budget // (2 * BYTES_PER_ENTRY))
         self.progress = progress
         self.timings = {"neighbours": 0.0, "expansion": 0.0, "jaccard": 0.0}
@@ -119,20 +119,7 @@ class BlockedReRanking:
         )  # fmt: skip
 
     def _neighbours(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Pass 1: [N, k] int64 nearest by d (ties by index), [N, k] float32 their d, and
-        [N] float32 row maxima of M."""
-        n = self.pairs.num_images
-        neighbors, near_d = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
-        row_max = np.empty(n, np.float32)
-        with self._bar("re-ranking: neighbours") as bar:
-            for rows in self._slices():
-                if self._device is not None:
-                    found = self._device.rerank_rows(rows, k)
-                else:
-                    found = _nearest(*self.pairs.block(rows), k)
-                neighbors[rows], near_d[rows], row_max[rows] = found
-                bar.update(rows.stop - rows.start)
-        return neighbors, near_d, row_max
+        return neighbour_pass(self.pairs, self.block_rows, k, self._device, self.progress)
 
     def _set_distances(
         self, sets: kreciprocal.SparseRows, neighbors: np.ndarray, near_d: np.ndarray
@@ -190,22 +177,81 @@ class BlockedReRanking:
         return out
 
 
-def _nearest(
-    to_q: np.ndarray, to_g: np.ndarray, k: int
+def budget_rows(pairs: SetPairs, memory_mib: float | None) -> int:
+    """Probe rows per block: half the budget (default 256 MiB) for blocks of rows of M."""
+    budget = int((memory_mib or DEFAULT_MEMORY_MIB) * 2**20)
+    if budget <= 0:
+        raise ValueError(f"the memory budget must be positive, got {memory_mib} MiB")
+    per_row = max(
+        pairs.bytes_per_distance * pairs.num_images, FINAL_BYTES_PER_DISTANCE * pairs.num_gallery
+    )
+    return max(1, budget // (2 * per_row))
+
+
+def neighbour_pass(
+    pairs: SetPairs, block_rows: int, k: int, device=None, progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The k nearest of rows [to_q | to_g] after dividing each row by its maximum.
+    """Pass 1: the k nearest of every row of M by d = M / row maximum, block by block.
+
+    Features on the host: two blocks in flight, each in its own thread with half the CPUs for
+    its BLAS product, then its selection, so that no core idles while a block is selected
+    (on 2 CPUs the pass takes 1.0-1.05x the bare two-thread product, against 1.16x with the
+    selection after each product). Two blocks of ~6 bytes per distance (M, the comparison
+    mask, the sample) stay within the 16 the budget counts per distance. Rows are
+    independent: the same values, bit for bit.
 
     Args:
-        to_q: [R, Q] distances to the queries (overwritten with d).
-        to_g: [R, G] distances to the gallery (overwritten with d).
-        k: neighbours per row, <= Q + G.
+        pairs: the rows of M.
+        block_rows: probe rows per block.
+        k: neighbours per row.
+        device: a `neighbour_device.DeviceNeighbours` of the same features, or None (host).
+        progress: a progress bar.
 
     Returns:
-        [R, k] int64 columns by (d, column), [R, k] float32 their d, [R] float32 row maxima.
+        [N, k] int64 nearest by d (ties by index), [N, k] float32 their d, [N] float32 row
+        maxima of M.
     """
-    row_max = np.maximum(to_q.max(axis=1), to_g.max(axis=1))
-    if np.isnan(row_max).any():  # the maximum of a row with a NaN is NaN
-        raise NaNDistancesError()
-    to_q /= row_max[:, None]
-    to_g /= row_max[:, None]
-    return (*kreciprocal.smallest_k_of_parts([to_q, to_g], k), row_max)
+    n = pairs.num_images
+    neighbors, near_d = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
+    row_max = np.empty(n, np.float32)
+    slices = probe_slices(pairs.num_query, pairs.num_gallery, block_rows)
+
+    def nearest(rows: slice):
+        if device is not None:
+            return device.rerank_rows(rows, k)
+        return nearest_scaled(list(pairs.block(rows)), k)
+
+    in_flight = 2 if device is None and isinstance(pairs, FeatureSetPairs) else 1
+    share = max(1, worker_count() // in_flight) if in_flight > 1 else None  # BLAS threads
+    bar = tqdm.tqdm(
+        total=n, unit="image", desc="re-ranking: neighbours", leave=False, disable=not progress
+    )
+    pool = ThreadPoolExecutor(in_flight)
+    try:
+        with bar, blas_threads(share):
+            for rows, (idx, vals, maxima) in zip(slices, pool.map(nearest, slices), strict=True):
+                neighbors[rows], near_d[rows], row_max[rows] = idx, vals, maxima
+                bar.update(rows.stop - rows.start)
+    finally:  # an error or Ctrl-C: the blocks not started are dropped, not computed
+        pool.shutdown(wait=True, cancel_futures=True)
+    return neighbors, near_d, row_max
+
+
+def worker_count() -> int:
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def blas_threads(limit: int | None):
+    """Holds the BLAS libraries to `limit` threads inside the block (None: unchanged)."""
+    if limit is None:
+        yield
+        return
+    import threadpoolctl
+
+    with threadpoolctl.threadpool_limits(limits=limit, user_api="blas"):
+        yield
