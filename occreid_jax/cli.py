@@ -3,12 +3,13 @@
     occreid train --config=baseline:synthetic --workdir=runs/demo
     occreid eval|export|extract|heatmaps|visualize|visrank --config=... --workdir=...
     occreid search --bundle=runs/demo/export --query=DIR --gallery=DIR --out=DIR
+    occreid index --bundle=runs/demo/export --gallery=DIR --out=G.index  (then search --index)
     occreid prepare market1501 --manual-dir /data
     occreid convert hrnet_w48 pose_hrnet_w48_256x192.pth converted/
 
-`occreid MODE ...` is `python -m occreid_jax.main --mode=MODE ...`; `search`, `prepare` and
-`convert` are `python -m occreid_jax.search`, `occreid_jax.data.prepare` and
-`occreid_jax.nets.convert`.
+`occreid MODE ...` is `python -m occreid_jax.main --mode=MODE ...`; `search`, `index`,
+`prepare` and `convert` are `python -m occreid_jax.search`, `occreid_jax.index`,
+`occreid_jax.data.prepare` and `occreid_jax.nets.convert`.
 `--config=NAME:VARIANT` finds the configs shipped with the package from any directory.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import sys
 
 MODES = ("train", "eval", "export", "extract", "heatmaps", "visualize", "visrank")
-TOOLS = ("search", "prepare", "convert")
+TOOLS = ("search", "index", "prepare", "convert")
 USAGE = f"usage: occreid {{{','.join(MODES + TOOLS)}}} [flags]; occreid COMMAND --help"
 
 
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         from occreid_jax import search
 
         return search.main(rest)
+    if command == "index":
+        from occreid_jax import index
+
+        return index.main(rest)
     if command == "prepare":
         from occreid_jax.data import prepare
 

@@ -95,7 +95,7 @@ LAYERS = (
     ("training",),  # a run's setup, the train step and the loop
     ("bundles",),  # export bundles, their portable formats, search on image files
     ("pictures",),  # ranked lists and MAT's parts, drawn
-    ("experiment", "main", "cli", "search"),  # the modes and the entry points
+    ("experiment", "main", "cli", "search", "index"),  # the modes and the entry points
 )
 
 

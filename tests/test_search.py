@@ -224,3 +224,40 @@ def test_export_stores_the_pose_net_only_for_models_that_read_heatmaps(
     module, variables = bundle_pose.load(folder)
     assert module == convert.build("hrnet_w32")  # the net named in pose.json
     np.testing.assert_array_equal(variables["params"]["w"], stored["params"]["w"])
+
+
+def test_a_search_into_the_folder_of_an_earlier_one_says_so_and_drops_its_pictures(
+    tiny_bundle_dir, tmp_path, capsys
+):
+    rng = np.random.default_rng(4)
+    gallery = _write_images(str(tmp_path / "gallery"), rng, [(64, 32)] * 3)
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, count in ((first, 2), (second, 1)):
+        folder.mkdir()
+        for i in range(count):
+            cv2.imwrite(str(folder / f"{folder.name}{i}.png"), cv2.imread(gallery[i]))
+    out = str(tmp_path / "out")
+    for queries in (first, second):
+        args = [f"--bundle={tiny_bundle_dir}", f"--query={queries}", f"--gallery={gallery[0]}",
+                f"--out={out}"]  # fmt: skip
+        assert search.main(args) == 0
+    err = capsys.readouterr().err
+    assert f"note: {out} held an earlier search: replaced (2 of its pictures" in err
+    assert sorted(f for f in os.listdir(out) if f.endswith(".png")) == ["00000_second0.png"]
+
+
+def test_file_names_that_are_not_utf8_are_searched_and_written_as_they_are(
+    tiny_bundle_dir, tmp_path
+):
+    rng = np.random.default_rng(6)
+    gallery = _write_images(str(tmp_path / "gallery"), rng, [(64, 32)] * 2)
+    odd = os.path.join(str(tmp_path / "gallery"), os.fsdecode(b"caf\xe9.png"))  # Latin-1 bytes
+    os.rename(gallery[0], odd)
+    out = str(tmp_path / "out")
+    args = [f"--bundle={tiny_bundle_dir}", f"--query={gallery[1]}", f"--gallery={tmp_path}/gallery",
+            f"--out={out}"]  # fmt: skip
+    assert search.main(args) == 0
+    with open(os.path.join(out, "ranks.csv"), "rb") as f:
+        table = f.read()
+    assert os.fsencode(odd) in table  # the very bytes of the name: the file can be opened
+    assert list(np.load(os.path.join(out, "features.npz"))["gallery_paths"]).count(odd) == 1

@@ -28,6 +28,9 @@ from occreid_jax.evaluation import blocks
 from occreid_jax.evaluation.distances import FeatureDistance
 from occreid_jax.evaluation.features import extract_features
 
+# Gallery entries per distance tile of a search by the global feature (`feature_tiles`).
+GALLERY_TILE = 4096
+
 
 @dataclasses.dataclass
 class EmbeddedImages:
@@ -117,6 +120,17 @@ def embed_files(
     Raises:
       UserError: no image found, none readable, or a pose-guided bundle without `pose`.
     """
+    embed = encoded_embedder(bundle, pose=pose, pose_net=pose_net, batch_size=batch_size)
+    listed = image_files.list_images(paths, what)
+    encoded, kept, skipped = image_files.read_encoded(listed)
+    if not kept:
+        raise UserError(f"none of the {len(listed)} {what} could be read (all skipped)")
+    return EmbeddedImages(embed(encoded, kept, f"embed {what}"), kept, skipped, encoded)
+
+
+def encoded_embedder(bundle, *, pose: str = "", pose_net: str = "hrnet_w48", batch_size: int = 32):
+    """`embed(encoded [N] bytes, paths, desc) -> dict of [N, ...] float32`: the evaluation's
+    feature extraction with a bundle (arguments as `embed_files`)."""
     import jax
 
     if needs_heatmaps(bundle.model_name, bundle.model_kwargs) and not pose:
@@ -126,10 +140,6 @@ def embed_files(
             "or export with --config.pose.init=HRNET.pth to store the pose net in the bundle"
         )
     pose_fn = pose_function(pose, pose_net) if pose else None
-    listed = image_files.list_images(paths, what)
-    encoded, kept, skipped = image_files.read_encoded(listed)
-    if not kept:
-        raise UserError(f"none of the {len(listed)} {what} could be read (all skipped)")
     devices = jax.device_count()
     config = ml_collections.ConfigDict(
         {
@@ -138,21 +148,46 @@ def embed_files(
             "eval": {"flip": bool(bundle.matching.get("flip", False))},
         }
     )  # fmt: skip
-    split = image_files.split_of(encoded, kept)
-    features = extract_features(
-        bundle_embedder(bundle, pose_fn), split, config, desc=f"embed {what}"
-    )
-    return EmbeddedImages(features, kept, skipped, encoded)
+    embedder = bundle_embedder(bundle, pose_fn)
+
+    def embed(encoded: np.ndarray, paths: Sequence[str], desc: str) -> dict:
+        return extract_features(embedder, image_files.split_of(encoded, paths), config, desc=desc)
+
+    return embed
 
 
 def _merge(vals, idx, tile, start: int, k: int):
     """Keeps each row's k smallest of (running candidates, a tile starting at `start`)."""
+    return merge_top_k(vals, idx, tile, np.arange(start, start + tile.shape[1]), k)
+
+
+def merge_top_k(vals, keys, tile, tile_keys, k: int):
+    """Each row's k smallest of (running candidates, a tile), ties by the smaller key.
+
+    Args:
+      vals, keys: [R, m] running distances and their gallery keys (m <= k).
+      tile: [R, T] distances of a gallery tile whose columns are in increasing key order.
+      tile_keys: [T] int64 the gallery keys of the tile's columns.
+      k: candidates kept.
+    Returns:
+      ([R, k'] distances, [R, k'] keys), k' = min(k, m + T), by (distance, key).
+    """
     order = np.argsort(tile, axis=1, kind="stable")[:, :k]
-    tile_vals = np.take_along_axis(tile, order, axis=1)
-    vals = np.concatenate([vals, tile_vals], axis=1)
-    idx = np.concatenate([idx, order + start], axis=1)
-    best = np.lexsort((idx, vals), axis=-1)[:, :k]  # by distance, ties by gallery index
-    return np.take_along_axis(vals, best, axis=1), np.take_along_axis(idx, best, axis=1)
+    vals = np.concatenate([vals, np.take_along_axis(tile, order, axis=1)], axis=1)
+    keys = np.concatenate([keys, tile_keys[order]], axis=1)
+    best = np.lexsort((keys, vals), axis=-1)[:, :k]  # by distance, ties by gallery key
+    return np.take_along_axis(vals, best, axis=1), np.take_along_axis(keys, best, axis=1)
+
+
+def feature_tiles(num_q: int, num_g: int, memory_mib: float) -> tuple[int, int]:
+    """(query rows, gallery columns) of the distance tiles of a search by the global feature:
+    at most GALLERY_TILE columns, a function of the sizes alone, so that a search of a gallery
+    index (`index_search.py`, which reads the gallery tile by tile) multiplies the very same
+    matrices and gets the same distances bit for bit (BLAS may sum in another order for
+    another shape)."""
+    return blocks.block_shape(
+        num_q, min(num_g, GALLERY_TILE), memory_mib, blocks.BYTES_PER_DISTANCE["numpy"]
+    )
 
 
 def top_k(
@@ -182,9 +217,7 @@ def top_k(
             settings.get("metric", "cosine"),
         )
         num_q, num_g = dist.shape
-        rows, cols = blocks.block_shape(
-            num_q, num_g, memory_mib, blocks.BYTES_PER_DISTANCE["numpy"]
-        )
+        rows, cols = feature_tiles(num_q, num_g, memory_mib)
     else:
         dist = rule(q_features, g_features)
         num_q = len(next(iter(q_features.values())))
@@ -199,7 +232,7 @@ def top_k(
         n = block.stop - block.start
         vals, idx = np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
         for g_start in range(0, num_g, cols):
-            if cols == num_g:
+            if rule is not None:
                 tile = np.asarray(dist(block), np.float32)
             else:
                 tile = dist(block, slice(g_start, g_start + cols))
