@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import step_setup  # noqa: E402
 from benchmarks.device_peaks import peak_flops  # noqa: E402
+from occreid_jax.errors import OneLineArgumentParser, positive_float  # noqa: E402
 
 MIB = 2**20
 
@@ -241,10 +242,12 @@ def table(report: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="where to write the JSON report")
     parser.add_argument("--smoke", action="store_true", help="every part tiny, on the CPU")
-    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole suite")
+    parser.add_argument(
+        "--budget", type=positive_float, default=None, help="seconds for the whole suite"
+    )
     parser.add_argument("--only", nargs="*", default=(), help="part name prefixes to run")
     args = parser.parse_args()
     if args.smoke:  # tiny shapes: XLA's quick compile keeps the smoke run short

@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 
+from occreid_jax.errors import OneLineArgumentParser, int_at_least, positive_float
 from occreid_jax.evaluation import FeatureDistance, evaluate_features, evaluate_rank, l2_normalize
 from occreid_jax.evaluation import blocks as tiling
 
@@ -125,26 +126,34 @@ def memory_child(path: str, settings: dict) -> None:
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     """The problem's flags (sizes, ids, cameras, features, metric, memory, backend, seed)."""
-    p.add_argument("--queries", type=int, default=2210)
-    p.add_argument("--gallery", type=int, default=17661)
-    p.add_argument("--query-ids", type=int, default=519)
-    p.add_argument("--gallery-ids", type=int, default=1110)
-    p.add_argument("--cameras", type=int, default=8)
-    p.add_argument("--dim", type=int, default=2048)
-    p.add_argument("--noise", type=float, default=4.0, help="noise std around identity centres")
+    p.add_argument("--queries", type=int_at_least(1), default=2210)
+    p.add_argument("--gallery", type=int_at_least(1), default=17661)
+    p.add_argument("--query-ids", type=int_at_least(1), default=519)
+    p.add_argument("--gallery-ids", type=int_at_least(1), default=1110)
+    p.add_argument("--cameras", type=int_at_least(1), default=8)
+    p.add_argument("--dim", type=int_at_least(1), default=2048)
+    p.add_argument(
+        "--noise", type=positive_float, default=4.0, help="noise std around identity centres"
+    )
     p.add_argument("--metric", default="cosine", choices=("cosine", "euclidean"))
-    p.add_argument("--memory-mib", type=float, default=tiling.DEFAULT_MEMORY_MIB)
+    p.add_argument("--memory-mib", type=positive_float, default=tiling.DEFAULT_MEMORY_MIB)
     p.add_argument("--backend", default="auto", choices=tiling.BACKENDS)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int_at_least(0), default=0)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_data_arguments(p)
-    p.add_argument("--chunk-size", type=int, default=0, help="whole-row blocks of N queries")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--reference-queries", type=int, default=2210, help="queries for (d)'s loop")
-    p.add_argument("--per-query-queries", type=int, default=200, help="queries timed for (c)")
+    p.add_argument(
+        "--chunk-size", type=int_at_least(0), default=0, help="whole-row blocks of N queries"
+    )
+    p.add_argument("--repeats", type=int_at_least(1), default=5)
+    p.add_argument(
+        "--reference-queries", type=int_at_least(1), default=2210, help="queries for (d)'s loop"
+    )
+    p.add_argument(
+        "--per-query-queries", type=int_at_least(1), default=200, help="queries timed for (c)"
+    )
     p.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     backend = tiling.resolve_backend(args.backend)

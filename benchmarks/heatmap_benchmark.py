@@ -11,7 +11,6 @@ same way under `torch.inference_mode()` for comparison.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -22,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from occreid_jax.errors import OneLineArgumentParser, int_at_least
 from occreid_jax.nets.hrnet import POSE_NETS
 
 # Run as a file: make the repository root importable for `benchmarks.*`.
@@ -80,12 +80,14 @@ def time_torch(arch: str, images: np.ndarray, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="+", default=list(POSE_NETS), choices=list(POSE_NETS))
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--size", type=int, nargs=2, default=(256, 128), metavar=("H", "W"))
+    parser.add_argument("--batch", type=int_at_least(1), default=16)
+    parser.add_argument(
+        "--size", type=int_at_least(1, 4096), nargs=2, default=(256, 128), metavar=("H", "W")
+    )
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int_at_least(1), default=5)
     parser.add_argument("--torch", action="store_true", help="also time the PyTorch twin")
     args = parser.parse_args()
 

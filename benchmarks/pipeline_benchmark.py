@@ -18,7 +18,6 @@ the loop adds anything to the pipeline's own time.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from occreid_jax.data import pipeline  # noqa: E402
 from occreid_jax.data.datasets import Split  # noqa: E402
 from occreid_jax.data.device_prefetch import prefetch_to_devices  # noqa: E402
 from occreid_jax.data.sampler import IdentitySampler  # noqa: E402
+from occreid_jax.errors import OneLineArgumentParser, int_at_least  # noqa: E402
 
 # model -> (input size, heatmaps); all: batch 64 = 16 x 4, pad 10, flip 0.5, erasing 0.5.
 INPUTS = {"baseline": ((384, 128), False), "pirt": ((384, 128), True), "mat": ((256, 128), False)}
@@ -148,10 +148,10 @@ def ablate(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(INPUTS), choices=list(INPUTS))
-    parser.add_argument("--images", type=int, default=1024)
-    parser.add_argument("--batches", type=int, default=20, help="timed batches of 64")
+    parser.add_argument("--images", type=int_at_least(1), default=1024)
+    parser.add_argument("--batches", type=int_at_least(1), default=20, help="timed batches of 64")
     parser.add_argument("--ablate", action="store_true", help="only the stage ablation")
     args = parser.parse_args()
     if args.ablate:

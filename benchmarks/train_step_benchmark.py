@@ -13,7 +13,6 @@ Prints a table of median step times and the ratio PyTorch / JAX (above 1: JAX is
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import platform
@@ -24,6 +23,8 @@ import time
 import jax
 import ml_collections
 import numpy as np
+
+from occreid_jax.errors import OneLineArgumentParser, int_at_least
 
 
 def _torch_twin():
@@ -92,13 +93,15 @@ def torch_step(args, images, labels, num_classes):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--k", type=int, default=4)
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per framework")
+    parser.add_argument("--batch", type=int_at_least(1), default=16)
+    parser.add_argument("--k", type=int_at_least(1), default=4)
+    parser.add_argument("--height", type=int_at_least(1, 4096), default=256)
+    parser.add_argument("--width", type=int_at_least(1, 4096), default=128)
+    parser.add_argument(
+        "--steps", type=int_at_least(1), default=5, help="timed steps per framework"
+    )
     parser.add_argument("--dtype", default="float32", help="JAX compute dtype")
     args = parser.parse_args()
 

@@ -17,7 +17,7 @@ from occreid_jax import distributed
 from occreid_jax.bundles import atomic, export
 from occreid_jax.bundles.export import load_export
 from occreid_jax.data import datasets, heatmap_store, pipeline
-from occreid_jax.errors import UserError
+from occreid_jax.errors import UserError, check_writable
 from occreid_jax.evaluation.features import eval_dataset, evaluate_splits, extract_features
 from occreid_jax.training import pose, workdir_lock
 from occreid_jax.training.run import Run
@@ -72,7 +72,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, export_path: str =
         embed, matching, config = load_export(config, run, export_path)
         return evaluate_splits(embed, matching, run.eval_splits, config)
     model, _, state = run.restored_state()  # before the dataset: fail fast without a checkpoint
-    with workdir_lock.held(run.workdir, "eval"):
+    with workdir_lock.held(run.workdir, "eval", reads_only=True):
         embed = run.embedder(model, state)
         return evaluate_splits(embed, run.family.matching, run.eval_splits, config)
 
@@ -108,8 +108,10 @@ def extract(config: ml_collections.ConfigDict, workdir: str, path: str = "") -> 
     `gallery_<name>`. Datasets with several query sets add them with their split name.
     """
     run = Run(config, workdir)
+    output = path or os.path.join(run.workdir, "features.npz")
+    check_writable(os.path.dirname(os.path.abspath(output)), "--output")  # before any work
     model, _, state = run.restored_state()
-    with workdir_lock.held(run.workdir, "extract"):
+    with workdir_lock.held(run.workdir, "extract", reads_only=bool(path)):
         return _extract(config, run, model, state, path)
 
 

@@ -3,6 +3,7 @@ every step of their replacement."""
 
 import os
 
+import cv2
 import jax
 import numpy as np
 import pytest
@@ -127,3 +128,26 @@ def test_a_crash_while_writing_features_keeps_the_previous_file(tmp_path, monkey
     assert sorted(os.listdir(tmp_path)) == ["features.npz"]
     # numpy's naming: ".npz" is added to a path without it.
     assert atomic.write_npz(str(tmp_path / "f"), {"y": np.ones(2)}).endswith("f.npz")
+
+
+def test_a_crash_while_writing_a_file_or_picture_keeps_the_previous_one(tmp_path, monkeypatch):
+    """ranks.csv, index.html, index.json and the pictures go through `write_file`."""
+    path, picture = str(tmp_path / "ranks.csv"), str(tmp_path / "00000_q.png")
+    atomic.write_file(path, "old\n")
+    atomic.write_image(picture, np.zeros((4, 2, 3), np.uint8))
+
+    def crash(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "fsync", crash)  # after the bytes, before the rename
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_file(path, "new\n")
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_image(picture, np.full((4, 2, 3), 255, np.uint8))
+    monkeypatch.undo()
+    with open(path) as f:
+        assert f.read() == "old\n"
+    assert cv2.imread(picture).max() == 0  # the earlier (black) picture, whole
+    assert sorted(os.listdir(tmp_path)) == ["00000_q.png", "ranks.csv"]
+    atomic.write_image(picture, np.full((4, 2, 3), 255, np.uint8))
+    assert cv2.imread(picture).min() == 255

@@ -360,3 +360,16 @@ def test_the_cards_command_runs_without_a_workdir(tmp_path, monkeypatch):
     assert stdout.splitlines()[0].startswith("workdir: runs/mat (the default"), stdout
     assert_one_line_error(code, stderr, "Occluded-Duke not found")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_rerun_past_its_schedule_says_there_is_nothing_to_train(trained, tmp_path):
+    workdir = _copy_run(trained, tmp_path)
+    results = _read(workdir, "results.json")
+    code, stderr, stdout = cli(
+        TINY, f"--workdir={workdir}", f"--config.data.data_dir={trained['data_dir']}",
+        "--config.train.epochs=1",
+    )  # fmt: skip
+    assert code == 0, stderr[-3000:]
+    assert "at step 4, at or past the 2 steps of this schedule: nothing to train" in stdout
+    assert _steps(workdir) == _steps(trained["workdir"])  # no step trained again
+    assert results  # (the earlier record was read, not lost)

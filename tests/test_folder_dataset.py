@@ -140,3 +140,13 @@ def test_a_run_evaluates_on_a_folder_by_test_name(tiny_config, tmp_path):
     splits = Run(config, str(tmp_path / "run")).eval_splits
     assert sorted(splits) == ["gallery", "query"]
     assert list(splits["gallery"].pids) == [3, 7]
+
+
+def test_a_file_name_that_is_not_utf8_is_one_line_and_nothing_is_written(tmp_path):
+    root = _identity_folders(tmp_path / "mine")
+    name = os.fsdecode(b"g\xff\xfe.png")  # a Latin-1 name from an old camera, say
+    _image(root / "gallery" / "3" / "plain.png")  # (cv2.imwrite crashes on such a name)
+    os.rename(root / "gallery" / "3" / "plain.png", root / "gallery" / "3" / name)
+    with pytest.raises(UserError, match=r"b'.*g\\xff\\xfe.png': a file name that is not valid"):
+        datasets.prepare("folder", "", str(tmp_path / "tfds"), str(root))
+    assert not (tmp_path / "tfds").exists() or not any((tmp_path / "tfds").rglob("*.tfrecord*"))

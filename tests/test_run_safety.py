@@ -130,3 +130,72 @@ def test_sigterm_saves_the_current_step_and_says_how_to_resume(tmp_path, tiny_da
     assert logged == [step]
     with open(os.path.join(workdir, workdir_lock.LOCK_NAME)) as f:
         assert f.read() == ""  # the interrupted run gave its lock back
+
+
+def _limit_file_size(limit: int):
+    """In the child: files larger than `limit` bytes cannot be written (EFBIG, no signal)."""
+
+    def apply():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_in_one_line(tmp_path, tiny_data_dir):
+    """A real failed write in orbax's asynchronous save (files held under 600 kB, as a full
+    disk would): one line naming the step not saved and the latest intact one, no traceback;
+    the resume from that one is what a rerun does."""
+    workdir = str(tmp_path / "run")
+    command = [
+        sys.executable, "-m", "occreid_jax.main", TINY, f"--workdir={workdir}",
+        f"--config.data.data_dir={tiny_data_dir}", "--config.train.epochs=1",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        command, capture_output=True, text=True, preexec_fn=_limit_file_size(600_000)
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "exception" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: could not save the checkpoint of step 2 in "), last
+    assert "the latest intact checkpoint: none, a rerun starts over" in last
+    assert not [n for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit()]
+    rerun = subprocess.run(command, capture_output=True, text=True)  # room again
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]  # tmp cleaned
+
+
+def _read_only(monkeypatch, module):
+    """Makes `module`'s file creation fail as on a read-only mount (EROFS; root ignores modes)."""
+    import errno
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(module, "mkstemp" if module.__name__ == "tempfile" else "open", refuse)
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_work(tmp_path, monkeypatch):
+    from occreid_jax import errors
+
+    errors.check_writable(str(tmp_path / "new" / "deeper"), "--out")  # made later: the parent
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=r"--out=.*file.*is a file, not a folder"):
+        errors.check_writable(str(tmp_path / "file" / "sub"), "--out")
+    _read_only(monkeypatch, errors.tempfile)
+    with pytest.raises(UserError, match=r"--output=.* is not writable \(Read-only file system\)"):
+        errors.check_writable(str(tmp_path), "--output")
+
+
+def test_a_read_only_workdir_is_read_without_its_lock_by_eval_only(tmp_path, monkeypatch, capsys):
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    _read_only(monkeypatch, workdir_lock.os)
+    with pytest.raises(UserError, match="cannot write to the workdir .* pass a writable"):
+        workdir_lock.acquire(workdir, "train")
+    with workdir_lock.held(workdir, "eval", reads_only=True):
+        assert "read without its lock" in capsys.readouterr().err
+    assert not os.listdir(workdir)

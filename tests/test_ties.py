@@ -164,3 +164,14 @@ def test_no_warning_without_ties():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         evaluate_rank(rng.random((12, 40)), q_pids, g_pids, q_cams, g_cams)
+
+
+def test_queries_without_a_positive_are_left_out_with_one_warning():
+    """Query 1's id is in the gallery only under its own camera (junk): no positive."""
+    d = np.array([[0.1, 0.5, 0.9], [0.2, 0.3, 0.4], [0.7, 0.1, 0.8]], np.float32)
+    q_pids, q_cams = np.array([1, 2, 3]), np.array([0, 0, 0])
+    g_pids, g_cams = np.array([1, 2, 3]), np.array([1, 0, 1])
+    with pytest.warns(ranking.QueriesLeftOutWarning, match="1 of 3 queries have no positive"):
+        metrics = ranking.evaluate_rank(d, q_pids, g_pids, q_cams, g_cams)
+    assert metrics["num_valid"] == 2
+    assert metrics["AP"].tolist() == [1.0, 1 / 3]  # query 3: its positive (0.8) ranks third

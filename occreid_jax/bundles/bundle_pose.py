@@ -18,6 +18,7 @@ import os
 import flax.serialization
 import jax
 
+from occreid_jax.bundles import atomic
 from occreid_jax.errors import UserError
 
 FOLDER = "pose"
@@ -47,12 +48,13 @@ def find(bundle_path: str) -> str:
 def write(bundle_path: str, pose_net: str, variables) -> str:
     """Writes `bundle_path/pose/` with the pose net's name and variables; returns the folder."""
     folder = os.path.join(bundle_path, FOLDER)
-    os.makedirs(folder, exist_ok=True)
+    staging = atomic.staging_folder(folder)  # written beside, swapped in whole
     state = jax.device_get(flax.serialization.to_state_dict(variables))
-    with open(os.path.join(folder, VARIABLES), "wb") as f:
+    with open(os.path.join(staging, VARIABLES), "wb") as f:
         f.write(flax.serialization.msgpack_serialize(state))
-    with open(os.path.join(folder, DESCRIPTION), "w") as f:
+    with open(os.path.join(staging, DESCRIPTION), "w") as f:
         json.dump({"net": pose_net}, f)
+    atomic.replace_folder(staging, folder)
     return folder
 
 

@@ -30,6 +30,7 @@ from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
+from occreid_jax.data.leftovers import remove_incomplete
 from occreid_jax.data.reid_builders.base import IMAGE_SUFFIXES, Record, ReidBuilder
 from occreid_jax.errors import UserError
 
@@ -128,12 +129,13 @@ def read_split_csv(root: str) -> dict[str, list[Record]]:
 
 def fingerprint(root: str) -> str:
     """A short hash of the folder's path and of its files' names, sizes and times."""
-    digest = hashlib.sha1(os.path.abspath(root).encode())
+    digest = hashlib.sha1(os.fsencode(os.path.abspath(root)))
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         for name in sorted(files):
             stat = os.stat(os.path.join(folder, name))
-            digest.update(f"{folder}/{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            entry = f"{folder}/{name}:{stat.st_size}:{stat.st_mtime_ns}"
+            digest.update(entry.encode("utf-8", "surrogateescape"))  # (any name's bytes)
     return digest.hexdigest()[:12]
 
 
@@ -162,6 +164,9 @@ class FolderDataset(ReidBuilder, skip_registration=True):
             if os.path.isfile(os.path.join(root, CSV_NAME))
             else list_identity_folders(root)
         )
+        for records in self._records.values():
+            for record in records:
+                _check_utf8(os.path.join(root, record.path))
         self.SPLITS = tuple(s for s in SPLITS if s in self._records)
         return super().scan(manual_dir)
 
@@ -170,6 +175,17 @@ class FolderDataset(ReidBuilder, skip_registration=True):
 
     def list_split(self, root: str, split: str) -> list[Record]:
         return self._records[split]
+
+
+def _check_utf8(path: str) -> None:
+    """One line for a file name that is not valid UTF-8 (the dataset stores names as text)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(
+            f"{os.fsencode(path)!r}: a file name that is not valid UTF-8; rename it (convmv "
+            "converts a folder's names), nothing was written"
+        ) from None
 
 
 def prepare(manual_dir: str, data_dir: str, strict: bool = False) -> FolderDataset:
@@ -188,6 +204,7 @@ def prepare(manual_dir: str, data_dir: str, strict: bool = False) -> FolderDatas
     if (builder.data_path / "dataset_info.json").exists():
         return builder
     builder.scan(root)
+    remove_incomplete(builder)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=root, try_download_gcs=False)
     )

@@ -40,8 +40,9 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from occreid_jax.data import video_tracking
+from occreid_jax.data.leftovers import remove_incomplete
 from occreid_jax.data.reid_builders.base import ReidBuilder
-from occreid_jax.errors import OneLineArgumentParser, UserError
+from occreid_jax.errors import OneLineArgumentParser, UserError, int_at_least
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".mpg", ".mpeg", ".webm")
 DEFAULT_VIDEO = "vtest.avi"  # PETS 2009 S2L1 view 1, as Debian's opencv-doc ships it
@@ -252,6 +253,7 @@ def prepare(
     if (builder.data_path / "dataset_info.json").exists():
         return builder
     builder.plan(video, params, progress)
+    remove_incomplete(builder)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False)
     )
@@ -291,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--video", required=True, help="the video, or a folder with vtest.avi")
     parser.add_argument("--data-dir", default="", help="tfds data dir (~/tensorflow_datasets)")
     parser.add_argument("--sheet", default="", help="write a contact sheet PNG here")
-    parser.add_argument("--sheet-tracklets", type=int, default=12, help="rows of the sheet")
+    parser.add_argument(
+        "--sheet-tracklets", type=int_at_least(1, 200), default=12, help="rows of the sheet"
+    )
     args = parser.parse_args(argv)
     data_dir = os.path.expanduser(args.data_dir or os.path.join("~", "tensorflow_datasets"))
     start = time.perf_counter()

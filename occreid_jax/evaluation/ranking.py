@@ -5,28 +5,23 @@ The protocol is the standard Market-1501 one (fast-reid's `eval_market1501`, tor
 
 * for each query, gallery entries with the SAME person id AND the SAME camera id are junk and
   are removed before ranking; same-id entries from other cameras are the positives;
-* a query with no positive left is skipped: it counts in no average;
+* a query with no positive left is skipped: it counts in no average (a warning counts them);
 * CMC(k) is 1 if a positive is among the first k kept gallery entries, averaged over the valid
   queries, for k = 1..max_rank (max_rank is clipped to the gallery size);
 * AP is the mean over the positives of the precision at the rank of each positive;
 * INP = (number of positives) / (1-based rank of the last positive).
 
-Ties: gallery entries at exactly the same distance are scored as the expectation over all
-orders of the tie (`ties.py`: McSherry and Najork, ECIR 2008, for AP; the same reasoning for
-the rank-k hits and INP), so neither the gallery's storage order nor a sort's tie rule can
-change a figure, and a collapsed model (all distances equal) scores chance. On distinct
-distances every figure is bit for bit the plain one; fast-reid and torchreid call the default
-(unstable) `np.argsort`, whose tie order is unspecified. A warning says when a positive ties
-with a large share of the gallery.
+Ties: entries at exactly the same distance are scored as the expectation over all orders of
+the tie (`ties.py`: McSherry and Najork, ECIR 2008, for AP; the same reasoning for rank-k hits
+and INP), so no storage order or sort rule can change a figure, and a collapsed model scores
+chance. On distinct distances every figure is bit for bit the plain one (fast-reid and
+torchreid's unstable `np.argsort` leaves tie order unspecified). A warning says when a
+positive ties with a large share of the gallery.
 
-How it is fast: every metric depends only on where the positives fall. For a positive p the
-kept entries strictly closer and the kept entries at its distance are
-
-    #{kept j : d_j < d_p},  #{kept j : d_j == d_p},
-
-so we sort each row's VALUES (a SIMD sort, ~10x faster than an argsort), count both with
-`searchsorted` (left and right) and subtract the junk entries counted in them. Queries are
-processed in row blocks so memory stays at a few copies of one block.
+How it is fast: every metric depends only on where the positives fall: for a positive p,
+#{kept j : d_j < d_p} and #{kept j : d_j == d_p}. We sort each row's VALUES (a SIMD sort, ~10x
+faster than an argsort), count both with `searchsorted` (left and right) and subtract the junk
+entries counted in them. Queries go in row blocks: memory stays at a few copies of one block.
 """
 
 from __future__ import annotations
@@ -63,6 +58,10 @@ class NaNDistancesError(UserError, ValueError):
             f"{what} contains NaN (NaN features: a diverged checkpoint?); check the features "
             "and the distance function, or retrain with a lower --config.train.lr"
         )
+
+
+class QueriesLeftOutWarning(UserWarning):
+    """Some queries have no positive in the gallery: the metrics leave them out."""
 
 
 class TiedDistancesWarning(UserWarning):
@@ -357,6 +356,13 @@ def summarize_ranks(blocks: Sequence[BlockRanks], max_rank: int, num_gallery: in
     hits = np.bincount(np.minimum(first[plain], max_rank), minlength=max_rank + 1)[:max_rank]
     expected = ties.expected_hits(first[~plain], tied[~plain], npos_first[~plain], max_rank)
     max_tied = np.concatenate([b.max_tied for b in blocks])[valid]
+    if num_valid < valid.shape[0]:
+        warnings.warn(
+            f"{valid.shape[0] - num_valid} of {valid.shape[0]} queries have no positive in the "
+            "gallery (same id, other camera): left out of the metrics, as the protocol does",
+            QueriesLeftOutWarning,
+            stacklevel=2,
+        )
     heavy = int(np.count_nonzero((max_tied > 1) & (max_tied >= TIE_WARNING_SHARE * num_gallery)))
     if heavy:
         warnings.warn(

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from occreid_jax.bundles import atomic
+
 GREEN = (0, 170, 0)
 RED = (215, 25, 25)
 GREY = (150, 150, 150)
@@ -75,10 +77,8 @@ def ranked_strip(
 
 
 def write_png(path: str, image: np.ndarray) -> str:
-    """Writes an RGB uint8 image as PNG and returns the path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    return path
+    """Writes an RGB uint8 image as PNG (whole: `atomic.write_image`) and returns the path."""
+    return atomic.write_image(path, np.ascontiguousarray(image))
 
 
 def picture_name(index: int, path: str) -> str:
@@ -110,7 +110,4 @@ def write_index(out_dir: str, title: str, entries: Sequence[tuple[str, str]], no
             f'<img src="{html.escape(picture)}" alt="{html.escape(caption)}"></div>'
         )
     parts.append("</body></html>")
-    path = os.path.join(out_dir, "index.html")
-    with open(path, "w") as f:
-        f.write("\n".join(parts) + "\n")
-    return path
+    return atomic.write_file(os.path.join(out_dir, "index.html"), "\n".join(parts) + "\n")

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from occreid_jax import motion
+from occreid_jax.bundles import atomic
 from occreid_jax.data import IMAGENET_MEAN, IMAGENET_STD, datasets, pipeline
 from occreid_jax.errors import UserError
 
@@ -156,10 +157,10 @@ def visualize(config: ml_collections.ConfigDict, workdir: str, num_queries: int 
             keypoints = aux["keypoints"][row] if "keypoints" in aux else None
             strip = render_strip(pixels[row], aux["segmentation"][row], keypoints)
             path = os.path.join(out_dir, f"{name}_{index}_pid{int(split.pids[row])}.png")
-            cv2.imwrite(path, cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+            atomic.write_image(path, strip)
             paths.append(path)
             strips[(name, index)] = strip
     sheet = np.concatenate([strips[p] for p in picks if p in strips], axis=0)
     sheet_path = os.path.join(out_dir, "sheet.png")
-    cv2.imwrite(sheet_path, cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    atomic.write_image(sheet_path, sheet)
     return [*paths, sheet_path]

@@ -12,7 +12,9 @@ one every host sees.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sys
 from typing import Any
@@ -49,11 +51,12 @@ def is_read_error(error: BaseException) -> bool:
 
 
 def _quiet_closed_loop() -> None:
-    """Silences the "Event loop is closed" callbacks a failed orbax read leaves behind.
+    """Silences the "Event loop is closed" callbacks a failed orbax read or write leaves.
 
-    When one array of a restore fails to read, orbax gives up on the step and closes its event
-    loop while tensorstore's other reads are still in flight; their completion callbacks then
-    raise in threads (printed as tracebacks, harmless). Only that exact error is dropped.
+    When one array of a restore (or a save) fails, orbax gives up on the step and closes its
+    event loop while tensorstore's other reads or writes are still in flight; their completion
+    callbacks then raise in threads (printed as tracebacks, harmless). Only that exact error is
+    dropped.
     """
     previous = sys.unraisablehook
     if getattr(previous, "quiet_closed_loop", False):
@@ -67,6 +70,32 @@ def _quiet_closed_loop() -> None:
 
     hook.quiet_closed_loop = True
     sys.unraisablehook = hook
+    printed = sys.excepthook  # tensorstore's callbacks print theirs through sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        printed(kind, value, traceback)
+
+    sys.excepthook = excepthook
+
+
+class _FailedSaveLogs(logging.Filter):
+    """Drops orbax's own error logs of a failed save: `Checkpointer` reports it in one line."""
+
+    MARKERS = ("raised an exception", "Failed to run", "Save Finalize thread", "failed.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or "orbax" not in record.pathname:
+            return True
+        return not any(m in record.getMessage() for m in self.MARKERS)
+
+
+def _quiet_failed_saves() -> None:
+    """Installs `_FailedSaveLogs` on the absl logger orbax logs to (once)."""
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _FailedSaveLogs) for f in logger.filters):
+        logger.addFilter(_FailedSaveLogs())
 
 
 def one_line(error: BaseException, limit: int = 160) -> str:
@@ -87,6 +116,8 @@ class Checkpointer:
       max_to_keep: how many recent checkpoints to keep.
       model_defaults: default values of model arguments; a checkpoint saved before the model
         had one of them restores when this run leaves it at its default.
+      cleanup_tmp: remove the temporary folders of saves that failed or were killed (only the
+        holder of the workdir's lock: another run's save in flight has one too).
     """
 
     def __init__(
@@ -95,13 +126,30 @@ class Checkpointer:
         signature: dict,
         max_to_keep: int = 3,
         model_defaults: dict | None = None,
+        cleanup_tmp: bool = False,
     ):
         self.directory = os.path.abspath(directory)
+        self.cleanup_tmp = cleanup_tmp
         self.signature = signature
         self.model_defaults = model_defaults or {}
-        self._manager = ocp.CheckpointManager(
+        self._pending: int | None = None  # the step of an asynchronous save in flight
+        self._failed = False
+        _quiet_failed_saves()
+        _quiet_closed_loop()  # a failed asynchronous save prints them before it raises
+        try:
+            self._manager = self._open_manager(max_to_keep)
+        except OSError as error:
+            raise UserError(
+                f"cannot use the checkpoint folder {self.directory} ({error.strerror}); pass a "
+                "writable --workdir"
+            ) from None
+
+    def _open_manager(self, max_to_keep: int) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=self.cleanup_tmp
+            ),
         )
 
     def latest_step(self) -> int | None:
@@ -124,13 +172,17 @@ class Checkpointer:
         if self.latest_step() == step:
             return
         tree = jax.device_get(flax.serialization.to_state_dict(state))
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(tree), signature=ocp.args.JsonSave(self.signature)
-            ),
-            force=True,
-        )
+        try:  # (an earlier asynchronous save that failed raises here too)
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(tree), signature=ocp.args.JsonSave(self.signature)
+                ),
+                force=True,
+            )
+        except Exception as error:
+            raise self._not_saved(error, step) from None
+        self._pending = step
 
     def restore_latest(self, state: Any, set_aside_broken: bool = False) -> Any:
         """Returns `state` filled from the newest intact checkpoint, or `state` itself if none.
@@ -231,9 +283,49 @@ class Checkpointer:
         return {**saved, "model_kwargs": {**kwargs, **missing}} if missing else saved
 
     def wait(self) -> None:
-        """Blocks until asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until asynchronous saves are on disk.
+
+        Raises:
+            UserError: a save failed (full disk, a folder gone): the step not saved and the
+                latest intact one, in one line.
+        """
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:
+            raise self._not_saved(error, self._pending) from None
+        self._pending = None
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for the saves (`wait`, which may raise) and closes the manager."""
+        try:
+            if not self._failed:
+                self.wait()
+        finally:
+            with contextlib.suppress(Exception):  # (after a failed save, its threads' errors)
+                self._manager.close()
+
+    def _committed_steps(self) -> list[int]:
+        """The steps whose folders orbax finished (renamed from their temporary names)."""
+        with contextlib.suppress(OSError):
+            names = os.listdir(self.directory)
+            return sorted(int(n) for n in names if n.isdigit())
+        return []
+
+    def _not_saved(self, error: BaseException, step: int | None) -> UserError:
+        """The one-line error of a failed save (the step in flight, or `step`)."""
+        self._failed = True
+        # Its other writes' tasks, failed too, would be logged at exit: the line says it all.
+        logging.getLogger("asyncio").addFilter(
+            lambda record: "exception was never retrieved" not in record.getMessage()
+        )
+        failing = self._pending if self._pending is not None else step
+        intact = [s for s in self._committed_steps() if s != failing]
+        text = str(error)
+        no_space = "No space left" in text or "os_error_code='28'" in text
+        reason = "no space left on the disk" if no_space else one_line(error)
+        latest = f"step {intact[-1]}" if intact else "none, a rerun starts over"
+        return UserError(
+            f"could not save the checkpoint of step {failing} in {self.directory} ({reason}); "
+            f"the latest intact checkpoint: {latest}; free some space (or fix the folder) and "
+            "rerun the same command to resume"
+        )

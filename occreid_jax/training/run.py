@@ -108,8 +108,9 @@ class Run:
         module, variables = pose.load_pose_net(self.config)
         return pose.parallel_pose_fn(module, variables)
 
-    def model_and_checkpointer(self, num_classes: int):
-        """(model, its constructor kwargs, the workdir's Checkpointer for that model)."""
+    def model_and_checkpointer(self, num_classes: int, cleanup_tmp: bool = False):
+        """(model, its constructor kwargs, the workdir's Checkpointer for that model);
+        `cleanup_tmp` for the holder of the workdir's lock (training)."""
         kwargs = families.model_kwargs(self.config, num_classes)
         model = self.family.module(**kwargs)
         fields = dataclasses.fields(self.family.module)
@@ -118,16 +119,20 @@ class Run:
             signature(self.config, kwargs),
             max_to_keep=self.config.train.max_checkpoints,
             model_defaults={f.name: f.default for f in fields if isinstance(f.default, str | int)},
+            cleanup_tmp=cleanup_tmp,
         )
         return model, kwargs, checkpointer
 
     def saved_num_classes(self) -> int:
         """Number of training identities recorded in the workdir's latest checkpoint."""
-        probe = Checkpointer(os.path.join(self.workdir, "checkpoints"), {})
-        try:
-            saved = probe.saved_signature()
-        finally:
-            probe.close()
+        folder = os.path.join(self.workdir, "checkpoints")
+        saved = None
+        if os.path.isdir(folder):  # (not made here: the workdir may be read-only)
+            probe = Checkpointer(folder, {})
+            try:
+                saved = probe.saved_signature()
+            finally:
+                probe.close()
         if saved is None:
             raise UserError(
                 f"no checkpoint in {self.workdir}/checkpoints; train first "

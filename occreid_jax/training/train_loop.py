@@ -179,7 +179,9 @@ def _train(run: Run, train_split) -> dict:
     )
     steps_per_epoch = sampler.steps_per_epoch
     total_steps = config.train.epochs * steps_per_epoch
-    model, kwargs, checkpointer = run.model_and_checkpointer(train_split.num_classes)
+    model, kwargs, checkpointer = run.model_and_checkpointer(
+        train_split.num_classes, cleanup_tmp=True
+    )  # (under the workdir's lock)
     schedule = optim.make_schedule(config.train, steps_per_epoch)
     state = _initial_state(run, model, optim.make_optimizer(config.train, schedule), checkpointer)
     start_step = int(state.step)
@@ -198,6 +200,12 @@ def _train(run: Run, train_split) -> dict:
             f"{config.train.epochs} epochs"
             + (f", resuming at step {start_step}" if start_step else "")
         )
+        if start_step >= total_steps and start_step:
+            print(
+                f"note: the checkpoint in {run.workdir} is at step {start_step}, at or past the "
+                f"{total_steps} steps of this schedule: nothing to train (raise "
+                "--config.train.epochs to train on)"
+            )
     p_step, pose_variables = _step_function(run)
     batches = _train_batches(run, train_split, sampler, start_step)
     step = start_step
@@ -283,6 +291,7 @@ def _save_on_interrupt(run: Run, checkpointer, step: int, state) -> None:
             f"last checkpoint in {run.workdir}/checkpoints"
         ) from None
     checkpointer.save(step, state)
+    checkpointer.wait()  # claimed only once on disk (a failed save raises its own line)
     raise UserError(
         f"interrupted at step {step}; saved a checkpoint in {run.workdir}/checkpoints, "
         "rerun the same command to resume"

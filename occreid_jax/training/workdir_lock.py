@@ -51,9 +51,12 @@ def _read(fd: int) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def acquire(workdir: str, command: str) -> None:
+def acquire(workdir: str, command: str, reads_only: bool = False) -> None:
     """Takes the workdir's lock for this process (creating the workdir), or raises UserError
-    naming the process that holds it. Re-entrant within one process."""
+    naming the process that holds it. Re-entrant within one process.
+
+    `reads_only` (eval, extract to another folder): a workdir that cannot be written (a
+    read-only copy of a run) is read without its lock, with one line saying so."""
     if not distributed.is_main_process():
         return
     path = os.path.realpath(workdir)
@@ -64,6 +67,15 @@ def acquire(workdir: str, command: str) -> None:
         os.makedirs(path, exist_ok=True)
         fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
+        if reads_only and os.path.isdir(path):
+            print(
+                f"note: the workdir {workdir} is not writable ({error.strerror}): read "
+                "without its lock",
+                file=sys.stderr,
+                flush=True,
+            )
+            _HELD[path] = [None, 1]
+            return
         raise UserError(
             f"cannot write to the workdir {workdir} ({error.strerror}); pass a writable --workdir"
         ) from None
@@ -105,6 +117,8 @@ def release(workdir: str) -> None:
     if _HELD[path][1]:
         return
     fd, _ = _HELD.pop(path)
+    if fd is None:  # read without the lock (`reads_only`)
+        return
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
     fcntl.flock(fd, fcntl.LOCK_UN)
@@ -112,9 +126,9 @@ def release(workdir: str) -> None:
 
 
 @contextlib.contextmanager
-def held(workdir: str, command: str):
+def held(workdir: str, command: str, reads_only: bool = False):
     """`acquire` for the duration of a `with` block."""
-    acquire(workdir, command)
+    acquire(workdir, command, reads_only)
     try:
         yield
     finally:

@@ -25,6 +25,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from occreid_jax.data.leftovers import remove_incomplete
 from occreid_jax.data.reid_builders.base import (
     CorruptImageWarning,
     ReidBuilder,
@@ -104,6 +105,7 @@ def prepare(
         os.path.expanduser(manual_dir or os.path.join(data_dir, "downloads", "manual"))
     )
     builder.scan(manual_dir)  # every user mistake surfaces here, before tfds writes anything
+    remove_incomplete(builder)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
     )

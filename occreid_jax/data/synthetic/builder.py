@@ -46,6 +46,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from occreid_jax.data.leftovers import remove_incomplete
 from occreid_jax.data.synthetic import render
 from occreid_jax.errors import UserError
 
@@ -321,5 +322,6 @@ def build(
     tfds.core.utils.gcs_utils._is_gcs_disabled = True  # never probe the TFDS bucket
     data_dir = data_dir or os.path.expanduser(os.path.join("~", "tensorflow_datasets"))
     b = SyntheticOccludedReid(config=config_name, data_dir=data_dir)
+    remove_incomplete(b)
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return b
