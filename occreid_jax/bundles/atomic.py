@@ -106,32 +106,27 @@ def write_npz(path: str, arrays: dict) -> str:
     the new one is complete. Returns the path written."""
     if not path.endswith(".npz"):
         path += ".npz"
+    return _write_whole(path, lambda f: np.savez(f, **arrays))
+
+
+def write_file(path: str, data: bytes | str) -> str:
+    """`data` written to a temporary name beside `path`, flushed to disk and renamed: a reader
+    (or a crash) finds the earlier file or the new one, never a part. Returns `path`."""
+    # surrogateescape: file names that are not valid UTF-8 keep their very bytes
+    raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+    return _write_whole(path, lambda f: f.write(raw))
+
+
+def _write_whole(path: str, write) -> str:
+    """`write(file)` into a temporary file beside `path` (after removing those a killed write
+    left), flushed to disk, then renamed to `path`; the temporary goes on any error."""
     parent, name = os.path.split(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     remove_leftovers(parent, name)
     handle, temporary = tempfile.mkstemp(prefix=f"{_STAGING_PREFIX}{name}.", dir=parent)
     try:
         with os.fdopen(handle, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
-    return path
-
-
-def write_file(path: str, data: bytes | str) -> str:
-    """`data` written to a temporary name beside `path`, flushed to disk and renamed: a reader
-    (or a crash) finds the earlier file or the new one, never a part. Returns `path`."""
-    parent, name = os.path.split(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f"{_STAGING_PREFIX}{name}.", dir=parent)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            # surrogateescape: file names that are not valid UTF-8 keep their very bytes
-            f.write(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(temporary, 0o666 & ~_umask())
