@@ -80,6 +80,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, export_path: str =
 def export_bundle(config: ml_collections.ConfigDict, workdir: str, path: str = "") -> str:
     """Writes the latest checkpoint as an inference bundle (default `<workdir>/export`)."""
     run = Run(config, workdir)
+    if path:  # (the default is in the workdir, whose lock says whether it can be written)
+        check_writable(os.path.dirname(os.path.abspath(path)), "--output")
     _, kwargs, state = run.restored_state()
     path = path or os.path.join(run.workdir, "export")
     if not distributed.is_main_process():

@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import time
 import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from occreid_jax.errors import OneLineArgumentParser, UserError, int_at_least  # noqa: E402
+from occreid_jax.errors import (  # noqa: E402
+    OneLineArgumentParser,
+    UserError,
+    check_writable,
+    int_at_least,
+)
 
 
 def _parser() -> OneLineArgumentParser:
@@ -53,6 +59,7 @@ def _check_arguments(args) -> None:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out={args.out} is a file; the index is a folder: choose another path")
+    check_writable(args.out, "--out")
 
 
 def _start(args, fingerprint: str, gallery: list[str]) -> dict:
@@ -104,7 +111,7 @@ def build(args) -> dict:
     gallery = [os.path.abspath(p) for p in args.gallery]
     listed = image_files.list_images(gallery, "gallery images")
     os.makedirs(args.out, exist_ok=True)
-    with workdir_lock.held(args.out, "occreid index"):
+    with workdir_lock.held(args.out, "occreid index", flag="--out"):
         manifest = _start(args, gi.bundle_fingerprint(args.bundle), gallery)
         manifest["gallery"] = gallery
         gi.remove_uncommitted(args.out, manifest)
@@ -148,10 +155,16 @@ def build(args) -> dict:
     return counts
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the command; returns the exit status (0, 2 for bad input, 130 interrupted)."""
     args = _parser().parse_args(argv)
     from occreid_jax.data.image_files import UnreadableImageWarning
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # schedulers' stop: as Ctrl-C
 
     try:
         with warnings.catch_warnings():
@@ -170,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(
         f"index {args.out}: {counts['live']} images ({counts['new']} new, {counts['changed']} "
         f"changed and embedded again, {counts['kept']} kept, {counts['gone']} gone from the "

@@ -37,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from occreid_jax.errors import (  # noqa: E402
     OneLineArgumentParser,
     UserError,
+    check_writable,
     int_at_least,
     positive_float,
 )
@@ -173,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--top-k must be at least 1, got {args.top_k}")
         if bool(args.gallery) == bool(args.index):
             raise UserError("pass the gallery as --gallery=FOLDER or as --index=INDEX, not both")
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise UserError(f"--out={args.out} is a file; pass a folder for the results")
+        check_writable(args.out, "--out")  # before any image is embedded
         bundle = export.load(args.bundle)
         pose = args.pose or bundle_pose.find(args.bundle)  # a pose net stored in the bundle
         with warnings.catch_warnings():

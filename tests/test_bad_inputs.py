@@ -82,6 +82,11 @@ def _steps(workdir: str, kind: str = "train") -> list[int]:
         ("--config.data.erasing_prob=2", "data.erasing_prob=2.0 must be"),
         ("--config.train.learning_rate=0.1", "unknown config field train.learning_rate; the"),
         ("--config.train.lr.x=1", "config field train.lr is a value, not a group"),
+        ("--config.data.image_size=(0,0)", "image_size=(0, 0) must be two whole numbers from 32"),
+        ("--config.data.image_size=(100000,64)", "must be two whole numbers from 32 to 2048"),
+        ("--config.eval.memory_mib=inf", "eval.memory_mib=inf must be a finite number > 0"),
+        ("--config.data.pad=-1", "data.pad=-1 must be a whole number >= 0"),
+        ("--config.seed=-3", "seed=-3 must be a whole number >= 0"),
     ],
 )
 def test_config_values_are_refused_before_any_data_is_read(tmp_path, override, expected):

@@ -204,3 +204,23 @@ def test_numeric_and_choice_flags_are_checked_before_any_work(command, flag, exp
         command.main(args)
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and "\n" not in err and expected in err, err
+
+
+def test_an_out_path_that_is_a_file_or_read_only_stops_before_any_embedding(
+    tmp_path, capsys, monkeypatch
+):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    base = ["--bundle=missing", "--query=Q", "--gallery=G"]
+    assert search.main([*base, f"--out={afile}"]) == 2  # (before the bundle is even read)
+    assert "is a file; pass a folder" in capsys.readouterr().err
+    assert index_command.main(["--bundle=B", "--gallery=G", f"--out={afile}"]) == 2
+    assert "is a file; the index is a folder" in capsys.readouterr().err
+    import errno
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr("occreid_jax.errors.tempfile.mkstemp", refuse)  # a read-only mount
+    assert search.main([*base, f"--out={tmp_path / 'out'}"]) == 2
+    assert "is not writable (Read-only file system)" in capsys.readouterr().err

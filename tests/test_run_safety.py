@@ -194,7 +194,7 @@ def test_a_read_only_workdir_is_read_without_its_lock_by_eval_only(tmp_path, mon
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
     _read_only(monkeypatch, workdir_lock.os)
-    with pytest.raises(UserError, match="cannot write to the workdir .* pass a writable"):
+    with pytest.raises(UserError, match="cannot write to the workdir .* pass a writable --workdir"):
         workdir_lock.acquire(workdir, "train")
     with workdir_lock.held(workdir, "eval", reads_only=True):
         assert "read without its lock" in capsys.readouterr().err

@@ -57,6 +57,9 @@ FLOAT_FIELDS = (
     ("data", "erasing_prob", 0.0, 1.0, True),
     ("eval", "aqe_alpha", 0.0, INF, True),
 )
+# Input sides (pixels): the backbone's stride 32 at the least; person crops, not panoramas, at
+# the most (a larger side would exhaust the memory before any message).
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 32, 2048
 PAIR_EXAMPLES = {"image_size": (256, 128), "adam_betas": (0.9, 0.999)}
 
 
@@ -91,6 +94,9 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
                 f"{section}.{name}={value!r} must be a positive integer; "
                 f"set --config.{section}.{name}"
             )
+    for name, value in (("data.pad", config.data.pad), ("seed", config.seed)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UserError(f"{name}={value!r} must be a whole number >= 0; set --config.{name}")
     check_floats(config)
     for section, name in (("data", "image_size"), ("train", "adam_betas")):
         if len(config[section][name]) != 2:
@@ -98,14 +104,20 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
                 f"{section}.{name}={tuple(config[section][name])} needs two values; "
                 f"e.g. --config.{section}.{name}='{PAIR_EXAMPLES[name]}'"
             )
+    sides = tuple(config.data.image_size)
+    if not all(isinstance(v, int) and MIN_IMAGE_SIDE <= v <= MAX_IMAGE_SIDE for v in sides):
+        raise UserError(
+            f"data.image_size={sides} must be two whole numbers from {MIN_IMAGE_SIDE} to "
+            f"{MAX_IMAGE_SIDE} (height, width); e.g. --config.data.image_size='(256, 128)'"
+        )
     if not 0.0 <= config.eval.rerank_lambda <= 1.0:
         raise UserError(
             f"eval.rerank_lambda={config.eval.rerank_lambda!r} must be in [0, 1] (the weight of "
             "the original distance); set --config.eval.rerank_lambda"
         )
-    if not config.eval.memory_mib > 0:
+    if not (config.eval.memory_mib > 0 and math.isfinite(config.eval.memory_mib)):
         raise UserError(
-            f"eval.memory_mib={config.eval.memory_mib!r} must be positive; "
+            f"eval.memory_mib={config.eval.memory_mib!r} must be a finite number > 0; "
             "set --config.eval.memory_mib"
         )
     devices = jax.device_count()  # of all processes

@@ -51,7 +51,11 @@ def _read(fd: int) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def acquire(workdir: str, command: str, reads_only: bool = False) -> None:
+def _noun(flag: str) -> str:
+    return "the workdir" if flag == "--workdir" else f"the {flag} folder"
+
+
+def acquire(workdir: str, command: str, reads_only: bool = False, flag: str = "--workdir") -> None:
     """Takes the workdir's lock for this process (creating the workdir), or raises UserError
     naming the process that holds it. Re-entrant within one process.
 
@@ -77,7 +81,7 @@ def acquire(workdir: str, command: str, reads_only: bool = False) -> None:
             _HELD[path] = [None, 1]
             return
         raise UserError(
-            f"cannot write to the workdir {workdir} ({error.strerror}); pass a writable --workdir"
+            f"cannot write to {_noun(flag)} {workdir} ({error.strerror}); pass a writable {flag}"
         ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -85,8 +89,8 @@ def acquire(workdir: str, command: str, reads_only: bool = False) -> None:
         holder = _read(fd)
         os.close(fd)
         raise UserError(
-            f"the workdir {workdir} is in use by {_describe(holder)}; wait for it to end, "
-            "or pass another --workdir"
+            f"{_noun(flag)} {workdir} is in use by {_describe(holder)}; wait for it to end, "
+            f"or pass another {flag}"
         ) from None
     previous = _read(fd)
     if previous:
@@ -126,9 +130,9 @@ def release(workdir: str) -> None:
 
 
 @contextlib.contextmanager
-def held(workdir: str, command: str, reads_only: bool = False):
-    """`acquire` for the duration of a `with` block."""
-    acquire(workdir, command, reads_only)
+def held(workdir: str, command: str, reads_only: bool = False, flag: str = "--workdir"):
+    """`acquire` for the duration of a `with` block (`flag`: the option that named it)."""
+    acquire(workdir, command, reads_only, flag)
     try:
         yield
     finally:
