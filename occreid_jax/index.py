@@ -141,6 +141,8 @@ def build(args) -> dict:
                 for path in skipped:
                     manifest["unreadable"][path] = gi.file_stamp(path)
                     counts["unreadable"] += 1
+                    if path in index.live:  # an indexed image that no longer decodes
+                        manifest["removed"][path] = len(manifest["chunks"])
                 if kept:
                     for path in kept:  # (readable now)
                         manifest["unreadable"].pop(path, None)

@@ -126,6 +126,12 @@ def test_changed_gone_and_foreign_inputs_give_one_line(tiny_bundle_dir, gallery,
     status, err = _index(tiny_bundle_dir, root, index, capsys)
     assert status == 0 and "11 images" in err.out and "1 gone from the gallery" in err.out
     _search(tiny_bundle_dir, query, str(tmp_path / "ok"), f"--index={index}")
+    broken = root / "cam1" / "p07.png"
+    broken.write_bytes(b"not an image any more")
+    status, err = _index(tiny_bundle_dir, root, index, capsys)
+    assert status == 0 and "10 images" in err.out and "1 unreadable and left out" in err.out
+    assert "skipping unreadable image" in err.err and str(broken) in err.err
+    _search(tiny_bundle_dir, query, str(tmp_path / "ok2"), f"--index={index}")  # not "changed"
 
     assert "not both" in search_error(f"--index={index}", f"--gallery={root}")
     assert "is not a gallery index" in search_error(f"--index={root}")
