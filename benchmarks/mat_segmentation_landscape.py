@@ -7,16 +7,22 @@ its joints; identity Jacobians), this prints
   * the loss (`losses/mat.reconstruction_terms`, visibility map from the ground-truth parts)
     under no motion and under the ground-truth part map at `--stride`: a check that the loss
     rewards the right flow;
-  * then optimises free per-pixel logits of A's segmentation at that stride (no network) by
-    Adam from uniform, and reports every 50 steps the loss, the share of person pixels that
-    went to the background, the share that went to their own limb group, and the parts that
-    win per image.
+  * then optimises A's segmentation at that stride by Adam and reports every 50 steps the
+    loss, the share of person pixels that went to the background, the share that went to
+    their own limb group, and the parts that win per image. `--segmenter` picks what holds
+    the segmentation:
+      free       per-pixel logits, no network, from uniform;
+      stem       a conv stem to stride 4 (two 3x3 stride-2 convs, BatchNorm, ReLU) and a 1x1
+                 head: like MAT's head, one linear map of shallow features for every pixel;
+      hourglass  co-part segmentation's predictor (`nets/hourglass.CoPartPredictor`) on the
+                 image blurred and subsampled to the stride.
 
 If the free logits find parts where a trained MAT's segmentation falls to the background, the
-trap is in the network, not in the loss (README, "The image-reconstruction signal").
+trap is in the network, not in the loss (README, "The image-reconstruction signal"); the
+network rows say which network escapes it.
 
   python -m benchmarks.mat_segmentation_landscape --config=configs/mat.py:synthetic \\
-      --config.data.builder_config=tracklets_wide --groups=64
+      --config.data.builder_config=tracklets_wide --groups=64 [--segmenter=hourglass --lr=1e-3]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +42,7 @@ from ml_collections import config_flags
 from occreid_jax.data import datasets
 from occreid_jax.errors import UserError
 from occreid_jax.losses.mat import reconstruction_terms
+from occreid_jax.nets.hourglass import CoPartPredictor
 from occreid_jax.probes import flow_probe, limb_flows
 from occreid_jax.training.run import Run
 
@@ -43,8 +51,42 @@ _GROUPS = flags.DEFINE_integer("groups", 64, "identity groups (pairs) used")
 _STRIDE = flags.DEFINE_integer("stride", 4, "stride of the segmentation (divides H and W)")
 _STEPS = flags.DEFINE_integer("steps", 300, "Adam steps on the free logits")
 _LR = flags.DEFINE_float("lr", 0.05, "Adam learning rate")
+_SEGMENTER = flags.DEFINE_enum(
+    "segmenter", "free", ["free", "stem", "hourglass"], "what holds A's segmentation"
+)
+_SEED = flags.DEFINE_integer("seed", 0, "initialisation of the network segmenters")
 
 PARTS = 10
+
+
+class _Stem(nn.Module):
+    """Two 3x3 stride-2 convs with BatchNorm and ReLU, then a 1x1 head to K+1 logits."""
+
+    @nn.compact
+    def __call__(self, images, train: bool):
+        x = images
+        for i, width in enumerate((32, 64)):
+            x = nn.Conv(width, (3, 3), strides=2, padding=1, name=f"conv_{i}")(x)
+            x = nn.relu(nn.BatchNorm(use_running_average=not train, name=f"norm_{i}")(x))
+        return nn.Dense(PARTS + 1, name="head")(x)
+
+
+def _segmenter(kind: str, images: jax.Array, stride: int, seed: int):
+    """(init params, logits_fn(params, train) -> ([N, h, w, K+1], new params)) of `kind`."""
+    if kind != "free" and stride != 4:
+        raise UserError("--segmenter=stem and hourglass read the image at --stride=4")
+    num, height, width = images.shape[:3]
+    if kind == "free":
+        shape = (num, height // stride, width // stride, PARTS + 1)
+        return {"params": jnp.zeros(shape, jnp.float32)}, lambda v, train: (v["params"], {})
+    net = _Stem() if kind == "stem" else CoPartPredictor(PARTS, stride=stride)
+    variables = net.init(jax.random.PRNGKey(seed), images[:2], train=False)
+
+    def logits_fn(variables, train):
+        out, state = net.apply(variables, images, train=train, mutable=["batch_stats"])
+        return (out if kind == "stem" else out[0]), state
+
+    return dict(variables), logits_fn
 
 
 def _pair_arrays(config, num_groups: int, stride: int):
@@ -99,20 +141,28 @@ def main(argv):
         f"{_GROUPS.value} pairs, stride {_STRIDE.value}: no motion {float(no_motion):.4f}, "
         f"ground-truth parts {float(loss_of(jnp.asarray(truth_a))):.4f}"
     )
+    images_a = images.reshape(-1, 2, *images.shape[1:])[:, 0]
+    variables, logits_fn = _segmenter(_SEGMENTER.value, images_a, _STRIDE.value, _SEED.value)
+    trained = variables.pop("params")  # the rest: BatchNorm statistics, if any
     optimizer = optax.adam(_LR.value)
-    logits = jnp.zeros(truth_a.shape, jnp.float32)
-    state = optimizer.init(logits)
+    state = optimizer.init(trained)
+
+    def loss_and_stats(trained, variables):
+        logits, new_variables = logits_fn({**variables, "params": trained}, True)
+        return loss_of(jax.nn.softmax(logits, -1)), (logits, new_variables)
 
     @jax.jit
-    def step(logits, state):
-        value, grad = jax.value_and_grad(lambda z: loss_of(jax.nn.softmax(z, -1)))(logits)
+    def step(trained, variables, state):
+        (value, (logits, variables)), grad = jax.value_and_grad(loss_and_stats, has_aux=True)(
+            trained, variables
+        )
         updates, state = optimizer.update(grad, state)
-        return optax.apply_updates(logits, updates), state, value
+        return optax.apply_updates(trained, updates), variables, state, value, logits
 
     truth = truth_a.argmax(-1)
     person = truth > 0
     for i in range(_STEPS.value + 1):
-        logits, state, value = step(logits, state)
+        trained, variables, state, value, logits = step(trained, variables, state)
         if i % 50 == 0 or i == _STEPS.value:
             winner = np.asarray(jnp.argmax(logits, -1))
             parts = np.mean([len(set(w.ravel().tolist()) - {0}) for w in winner])

@@ -150,6 +150,17 @@ ABLATIONS["reconstruction"] = {
         **_FINE_KEYPOINTS,
         "loss.part_presence_weight": 10.0,
     },
+    # Co-part segmentation's predictor, an hourglass over the image (model.segment_features
+    # "hourglass"), in place of the embeddings times the stage-1 map.
+    "hourglass parts, ground-truth keypoints, translations": {
+        **_GROUND_TRUTH_TRANSLATIONS,
+        "model.segment_features": "hourglass",
+    },
+    "hourglass parts, keypoints and Jacobians": {
+        **_IMAGE_TARGET,
+        "model.segment_features": "hourglass",
+        "model.keypoint_features": "segment",
+    },
 }
 EVAL_ONLY = {"matching": ("table1", "#5 + encoder + decoder (MAT)")}
 
@@ -209,6 +220,12 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # Not in the paper: add f_g's own projection, resized, to the map the segmentation reads
     # (image-wide context over the finer stage's local detail).
     config.model.segment_context = False
+    # Not in the paper: with segment_features "hourglass", co-part segmentation's predictor
+    # (an hourglass over the image blurred and subsampled to this stride) gives the parts,
+    # and with keypoint_features "segment" the keypoints and Jacobians too.
+    config.model.hourglass_stride = 4
+    config.model.hourglass_expansion = 32  # its first width (co-part segmentation's)
+    config.model.hourglass_blocks = 3  # down blocks (5 at co-part's 64 x 64; 3 fit 32 x 16)
 
     config.data.image_size = (256, 128)
     config.data.batch_size = 64  # 16 identities x 4 images

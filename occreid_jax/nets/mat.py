@@ -42,6 +42,13 @@ import jax.numpy as jnp
 from occreid_jax import motion
 from occreid_jax.errors import UserError
 from occreid_jax.nets.baseline import backbone_features, bnneck, classifier, classifier_init
+from occreid_jax.nets.hourglass import CoPartPredictor
+from occreid_jax.nets.mat_heads import (
+    COCO_GROUPS,
+    MLPHead,
+    group_heatmaps,
+    identity_jacobian_bias,
+)
 from occreid_jax.nets.resnet import get_backbone
 from occreid_jax.nets.transformer import DecoderLayer, EncoderLayer, sine_position_embedding
 
@@ -57,71 +64,16 @@ POSITION_EMBEDDINGS = ("add", "concat")
 #   encoder   f_g, the encoder output (our reading of the paper's "feature maps")
 #   backbone  the backbone map through its own 1x1 projection to d_model, without positions
 #             (not in the paper; keeps the maps spatial when the encoder's tokens grow alike)
-SEGMENT_FEATURES = ("encoder", "backbone")
+#   hourglass no embeddings: co-part segmentation's own predictor on the image
+#             (`nets/hourglass.py`, at stride hourglass_stride; not in the paper), which
+#             with keypoint_features="segment" also gives the keypoints and Jacobians
+SEGMENT_FEATURES = ("encoder", "backbone", "hourglass")
 # model.keypoint_features: what the keypoint embeddings multiply (and the Jacobian head reads).
 #   encoder   f_g (MAT)
 #   segment   the map the segmentation reads (with segmentation; not in the paper): at
 #             segment_stage 1 four times finer than f_g, as FOMM keeps its keypoint
 #             detector at 64 x 64 (first-order-model issue 81)
 KEYPOINT_FEATURES = ("encoder", "segment")
-
-# COCO joints (0 nose, 1-2 eyes, 3-4 ears, 5-6 shoulders, 7-8 elbows, 9-10 wrists, 11-12
-# hips, 13-14 knees, 15-16 ankles) grouped into K keypoints for model.keypoints="heatmaps".
-# Not in the paper (which does not say how its pretrained detector's joints map to parts).
-COCO_GROUPS = {
-    3: ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9, 10, 11, 12), (13, 14, 15, 16)),
-    6: ((0, 1, 2, 3, 4), (5, 7, 9), (6, 8, 10), (11, 12), (13, 15), (14, 16)),
-    10: ((0, 1, 2, 3, 4), (5,), (6,), (7,), (8,), (9,), (10,), (11, 12), (13, 15), (14, 16)),
-    17: tuple((j,) for j in range(17)),
-}
-
-
-def _identity_jacobian_bias(num_keypoints: int):
-    def init(key, shape, dtype=jnp.float32):
-        del key
-        return jnp.tile(jnp.asarray([1.0, 0.0, 0.0, 1.0], dtype), num_keypoints).reshape(shape)
-
-    return init
-
-
-class MLPHead(nn.Module):
-    """`num_layers` Dense layers of width `features`, ReLU between, sigmoid at the end."""
-
-    features: int
-    num_layers: int = 3
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for i in range(self.num_layers):
-            x = nn.Dense(self.features, dtype=jnp.float32, name=f"linear{i}")(x)
-            if i < self.num_layers - 1:
-                x = nn.relu(x)
-        return nn.sigmoid(x)
-
-
-def group_heatmaps(heatmaps: jax.Array, size: tuple[int, int], num_keypoints: int) -> jax.Array:
-    """COCO heatmaps -> K spatial distributions at the feature resolution.
-
-    Args:
-      heatmaps: [B, H/4, W/4, 17] pose heatmaps (0..1).
-      size: (h, w) of the feature map.
-      num_keypoints: K, a key of `COCO_GROUPS`.
-
-    Returns:
-      [B, h, w, K] float32, each channel summing to 1: the group's summed heatmaps resized
-      (antialiased) to (h, w), plus 1e-6 everywhere, normalised. A group with no visible
-      joint (all-zero heatmaps) becomes uniform, i.e. a keypoint at the image centre.
-    """
-    batch = heatmaps.shape[0]
-    maps = jax.image.resize(
-        heatmaps.astype(jnp.float32), (batch, *size, heatmaps.shape[-1]), "linear"
-    )
-    maps = jnp.maximum(maps, 0.0)
-    grouped = jnp.stack(
-        [maps[..., list(group)].sum(-1) for group in COCO_GROUPS[num_keypoints]], axis=-1
-    )
-    grouped = grouped + 1e-6
-    return grouped / grouped.sum(axis=(1, 2), keepdims=True)
 
 
 class Mat(nn.Module):
@@ -159,6 +111,10 @@ class Mat(nn.Module):
       segmentation_prior_sigma: > 0 adds `motion.keypoint_prior_logits` of the image's own
         keypoints to the segmentation logits, so part k starts around keypoint k (not in the
         paper; FOMM derives its masks from keypoint Gaussians); 0 = off.
+      hourglass_stride, hourglass_expansion, hourglass_blocks: with
+        segment_features="hourglass", the stride of its maps, its first width and its down
+        blocks (co-part segmentation's TaiChi model: stride 4, 32, 5 blocks at 64 x 64; 3
+        blocks here fit 32 x 16; not in the paper).
       dtype: compute dtype of backbone and transformer; heads and maps are float32.
       bn_axis_name: axis name for synchronised BatchNorm under pmap/shard_map.
     """
@@ -184,6 +140,9 @@ class Mat(nn.Module):
     keypoint_features: str = "encoder"
     segmentation_prior_sigma: float = 0.0
     segment_context: bool = False
+    hourglass_stride: int = 4
+    hourglass_expansion: int = 32
+    hourglass_blocks: int = 3
     dtype: Any = jnp.float32
     bn_axis_name: str | None = None
 
@@ -277,11 +236,15 @@ class Mat(nn.Module):
         features = tokens.astype(jnp.float32)  # f_g: [B, N, d], N = h * w
         keypoint_emb, segment_emb = self._decode(tokens, train)
         aux: dict[str, Any] = {"backbone_maps": stages}
+        copart = self._copart(x, train)  # (segmentation, keypoint, Jacobian maps) or None
         segment_input = None
-        if self.segmentation and self.keypoint_features == "segment":  # keypoints read it
-            segment_input = self._segment_input(features, stages)
+        if self.segmentation and self.keypoint_features == "segment" and copart is None:
+            segment_input = self._segment_input(features, stages)  # keypoints read it
         if self.keypoints != "none":
-            if segment_input is None:  # f_g, as [B, h * w, d]
+            if copart is not None and self.keypoint_features == "segment":
+                size = copart[1].shape[1:3]
+                aux.update(self._keypoints(None, size, None, heatmaps, train, copart[1:]))
+            elif segment_input is None:  # f_g, as [B, h * w, d]
                 aux.update(
                     self._keypoints(features, (height, width), keypoint_emb, heatmaps, train)
                 )
@@ -292,15 +255,35 @@ class Mat(nn.Module):
         out, global_aux = self._global_branch(features, (height, width), train)
         aux.update(global_aux)
         if self.segmentation:
-            if segment_input is None:
-                segment_input = self._segment_input(features, stages)
+            if copart is not None:
+                logits = copart[0]
+            else:
+                if segment_input is None:
+                    segment_input = self._segment_input(features, stages)
+                logits = self._segment_logits(segment_input, segment_emb)
             anchors = aux.get("keypoints") if self.segmentation_prior_sigma > 0 else None
-            parts, part_aux = self._parts(
-                features, segment_input, segment_emb, (height, width), train, anchors
-            )
+            parts, part_aux = self._parts(features, logits, (height, width), train, anchors)
             out.update(parts)
             aux.update(part_aux)
         return out, aux
+
+    def _copart(self, x: jax.Array, train: bool):
+        """With segment_features="hourglass": `CoPartPredictor`'s (segmentation logits
+        [B, hs, ws, K+1], keypoint logits [B, hs, ws, K], Jacobian map [B, hs, ws, 4K]) of
+        the images x [B, H, W, 3]; otherwise None."""
+        if not self.segmentation or self.segment_features != "hourglass":
+            return None
+        cells = self.hourglass_stride * 2**self.hourglass_blocks
+        if x.shape[1] % cells or x.shape[2] % cells:
+            raise UserError(
+                f"model.segment_features='hourglass' needs an image size divisible by "
+                f"hourglass_stride * 2^hourglass_blocks = {cells}, got {x.shape[1:3]}; "
+                "change data.image_size or model.hourglass_blocks"
+            )
+        return CoPartPredictor(
+            self.num_parts, self.hourglass_stride, self.hourglass_expansion,
+            self.hourglass_blocks, axis_name=self.bn_axis_name, name="copart",
+        )(x, train)  # fmt: skip
 
     def _encode(self, fmap: jax.Array, train: bool) -> jax.Array:
         """Projection with positions and encoder: [B, h, w, C] -> tokens [B, h*w, d]."""
@@ -320,8 +303,11 @@ class Mat(nn.Module):
         """The decoder's query embeddings: (keypoint [B, K, d] or None, segment [B, K+1, d] or
         None), float32, before their MLP heads."""
         d, k = self.d_model, self.num_parts
+        hourglass = self.segmentation and self.segment_features == "hourglass"
         num_kp = k if self.keypoints == "self_supervised" else 0
-        num_seg = k + 1 if self.segmentation else 0
+        if hourglass and self.keypoint_features == "segment":
+            num_kp = 0  # the hourglass gives the keypoints
+        num_seg = k + 1 if self.segmentation and not hourglass else 0
         if not num_kp + num_seg:
             return None, None
         queries = self.param(
@@ -340,26 +326,32 @@ class Mat(nn.Module):
     def _map_scale(self) -> float:
         return 1.0 / math.sqrt(self.d_model) if self.scale_maps else 1.0
 
-    def _keypoints(self, features, size, keypoint_emb, heatmaps, train: bool) -> dict:
+    def _keypoints(self, features, size, keypoint_emb, heatmaps, train: bool, maps=None) -> dict:
         """Keypoints [B, K, 2], Jacobians [B, K, 2, 2] and heatmaps [B, h, w, K] from the map
-        [B, h * w, d] of `size` (h, w) the keypoint embeddings multiply (aux entries; none
-        with keypoints="heatmaps" and no heatmaps at inference)."""
-        batch, k = features.shape[0], self.num_parts
-        height, width = size
-        # FOMM's Jacobian head: zero weights, bias = identity, so every J_k starts at I.
-        jacobian_map = nn.Dense(
-            4 * k,
-            dtype=jnp.float32,
-            kernel_init=nn.initializers.zeros,
-            bias_init=_identity_jacobian_bias(k),
-            name="jacobian_head",
-        )(features).reshape(batch, height, width, 4 * k)
+        [B, h * w, d] of `size` (h, w) the keypoint embeddings multiply, or from `maps`
+        (keypoint logits [B, h, w, K], Jacobian map [B, h, w, 4K]) of the hourglass (aux
+        entries; none with keypoints="heatmaps" and no heatmaps at inference)."""
+        k = self.num_parts
+        if maps is None:
+            batch, (height, width) = features.shape[0], size
+            # FOMM's Jacobian head: zero weights, bias = identity, so every J_k starts at I.
+            jacobian_map = nn.Dense(
+                4 * k,
+                dtype=jnp.float32,
+                kernel_init=nn.initializers.zeros,
+                bias_init=identity_jacobian_bias(k),
+                name="jacobian_head",
+            )(features).reshape(batch, height, width, 4 * k)
+        else:
+            jacobian_map = maps[1]
         if self.keypoints == "self_supervised":
-            emb = MLPHead(self.d_model, self.head_layers, name="keypoint_head")(keypoint_emb)
-            logits = jnp.einsum("bnd,bkd->bnk", features, emb) * self._map_scale()
-            points, heat = motion.soft_argmax(
-                logits.reshape(batch, height, width, k), self.temperature
-            )
+            if maps is None:
+                emb = MLPHead(self.d_model, self.head_layers, name="keypoint_head")(keypoint_emb)
+                logits = jnp.einsum("bnd,bkd->bnk", features, emb) * self._map_scale()
+                logits = logits.reshape(batch, height, width, k)
+            else:
+                logits = maps[0]
+            points, heat = motion.soft_argmax(logits, self.temperature)
         elif heatmaps is not None:
             heat = group_heatmaps(heatmaps, size, k)
             points = motion.expected_position(heat)
@@ -407,17 +399,21 @@ class Mat(nn.Module):
             out = out + jax.image.resize(context, out.shape, "linear")
         return out
 
-    def _parts(
-        self, features, segment_input, segment_emb, size, train: bool, anchors=None
-    ) -> tuple[dict, dict]:
-        """K+1 segmentation (from `segment_input` [B, hs, ws, d]), part features pooled from
+    def _segment_logits(self, segment_input: jax.Array, segment_emb: jax.Array) -> jax.Array:
+        """Segment embeddings [B, K+1, d] times the map [B, hs, ws, d]: [B, hs, ws, K+1]."""
+        emb = MLPHead(self.d_model, self.head_layers, name="segment_head")(segment_emb)
+        batch, height, width, d = segment_input.shape
+        flat = segment_input.reshape(batch, -1, d)  # [B, hs * ws, d]
+        logits = jnp.einsum("bnd,bkd->bnk", flat, emb) * self._map_scale()
+        return logits.reshape(batch, height, width, -1)
+
+    def _parts(self, features, logits, size, train: bool, anchors=None) -> tuple[dict, dict]:
+        """K+1 segmentation (softmax of `logits` [B, hs, ws, K+1]), part features pooled from
         f_g [B, h * w, d] and visibility: ({"parts", "visibility"}, aux)."""
         batch, d, k = features.shape[0], self.d_model, self.num_parts
         height, width = size
-        seg_size = segment_input.shape[1:3]
-        emb = MLPHead(d, self.head_layers, name="segment_head")(segment_emb)
-        flat = segment_input.reshape(batch, -1, d)  # [B, hs * ws, d]
-        logits = jnp.einsum("bnd,bkd->bnk", flat, emb) * self._map_scale()
+        seg_size = logits.shape[1:3]
+        logits = logits.reshape(batch, -1, k + 1)
         if anchors is not None:
             prior = motion.keypoint_prior_logits(anchors, seg_size, self.segmentation_prior_sigma)
             logits = logits + prior.reshape(logits.shape)

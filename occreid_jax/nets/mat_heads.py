@@ -1,0 +1,66 @@
+"""MAT's small heads: the sigmoid MLP on decoder queries, FOMM's identity-initialised
+Jacobian bias, and the grouping of COCO pose heatmaps into K keypoints."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# COCO joints (0 nose, 1-2 eyes, 3-4 ears, 5-6 shoulders, 7-8 elbows, 9-10 wrists, 11-12
+# hips, 13-14 knees, 15-16 ankles) grouped into K keypoints for model.keypoints="heatmaps".
+# Not in the paper (which does not say how its pretrained detector's joints map to parts).
+COCO_GROUPS = {
+    3: ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9, 10, 11, 12), (13, 14, 15, 16)),
+    6: ((0, 1, 2, 3, 4), (5, 7, 9), (6, 8, 10), (11, 12), (13, 15), (14, 16)),
+    10: ((0, 1, 2, 3, 4), (5,), (6,), (7,), (8,), (9,), (10,), (11, 12), (13, 15), (14, 16)),
+    17: tuple((j,) for j in range(17)),
+}
+
+
+def identity_jacobian_bias(num_keypoints: int):
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        return jnp.tile(jnp.asarray([1.0, 0.0, 0.0, 1.0], dtype), num_keypoints).reshape(shape)
+
+    return init
+
+
+class MLPHead(nn.Module):
+    """`num_layers` Dense layers of width `features`, ReLU between, sigmoid at the end."""
+
+    features: int
+    num_layers: int = 3
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(self.num_layers):
+            x = nn.Dense(self.features, dtype=jnp.float32, name=f"linear{i}")(x)
+            if i < self.num_layers - 1:
+                x = nn.relu(x)
+        return nn.sigmoid(x)
+
+
+def group_heatmaps(heatmaps: jax.Array, size: tuple[int, int], num_keypoints: int) -> jax.Array:
+    """COCO heatmaps -> K spatial distributions at the feature resolution.
+
+    Args:
+      heatmaps: [B, H/4, W/4, 17] pose heatmaps (0..1).
+      size: (h, w) of the feature map.
+      num_keypoints: K, a key of `COCO_GROUPS`.
+
+    Returns:
+      [B, h, w, K] float32, each channel summing to 1: the group's summed heatmaps resized
+      (antialiased) to (h, w), plus 1e-6 everywhere, normalised. A group with no visible
+      joint (all-zero heatmaps) becomes uniform, i.e. a keypoint at the image centre.
+    """
+    batch = heatmaps.shape[0]
+    maps = jax.image.resize(
+        heatmaps.astype(jnp.float32), (batch, *size, heatmaps.shape[-1]), "linear"
+    )
+    maps = jnp.maximum(maps, 0.0)
+    grouped = jnp.stack(
+        [maps[..., list(group)].sum(-1) for group in COCO_GROUPS[num_keypoints]], axis=-1
+    )
+    grouped = grouped + 1e-6
+    return grouped / grouped.sum(axis=(1, 2), keepdims=True)
