@@ -253,6 +253,10 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     loss.part_triplet_weight = 1.0  # lambda4
     loss.equivariance_weight = 10.0  # lambda5
     loss.consistency_weight = 5.0  # lambda6
+    # Not in the paper: L_fc is off before this step (0 = from the start): a warm-up in which
+    # L_eq alone steadies the keypoints, so the first part motions L_fc sees are near the
+    # identity rather than keypoint noise (README, "The image-reconstruction signal").
+    loss.consistency_start_step = 0
     # Not in the paper: weight of L_div = -I(pixel; part) + log K (losses/mat.py), which pushes
     # the K+1 segmentation maps apart; 0 = the paper's Eq. 9, whose L_fc and part ID losses are
     # all satisfied by one uniform map on every image. An experiment, not a fix: see the README.

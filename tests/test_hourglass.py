@@ -1,5 +1,6 @@
 """Co-part segmentation's predictor (`nets/hourglass.py`): parity with a PyTorch twin written
-here from the public repository's description, and MAT with model.segment_features="hourglass"."""
+here from the public repository's description, MAT with model.segment_features="hourglass",
+and loss.consistency_start_step."""
 
 import functools
 
@@ -10,7 +11,9 @@ import pytest
 
 from occreid_jax import families
 from occreid_jax.errors import UserError
+from occreid_jax.losses.objectives import MatLossConfig, mat_objective
 from occreid_jax.nets.hourglass import CoPartPredictor, antialias_subsample
+from occreid_jax.nets.mat_warped_pass import equivariance_forward
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -138,3 +141,38 @@ def test_an_image_size_the_hourglass_cannot_halve_is_one_line():
     model = families.build_model("mat", num_classes=5, **TINY, **HOURGLASS)
     with pytest.raises(UserError, match="divisible by hourglass_stride"):  # 72 / 16 = 4.5
         model.init(jax.random.PRNGKey(0), jnp.zeros((1, 72, 32, 3)), train=False)
+
+
+def test_an_image_target_step_trains_the_hourglass_and_starts_l_fc_at_its_step():
+    model = families.build_model("mat", num_classes=5, **TINY, **HOURGLASS)
+    images = jnp.asarray(np.random.default_rng(3).normal(size=(4, 64, 32, 3)), jnp.float32)
+    variables = model.init(jax.random.PRNGKey(0), images, train=False)
+    batch = {"images": images, "labels": jnp.asarray([0, 0, 1, 1])}
+
+    def loss(params, step, start):
+        cfg = MatLossConfig(
+            consistency_target="image", consistency_pairs="first", group_size=2,
+            consistency_start_step=start,
+        )  # fmt: skip
+        aux, _ = equivariance_forward(
+            model.apply,
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            batch,
+            jax.random.PRNGKey(1),
+        )
+        return mat_objective({**aux, "train_step": jnp.asarray(step)}, batch["labels"], cfg)
+
+    grads, metrics = jax.grad(loss, has_aux=True)(variables["params"], 0, 0)
+    fc = float(metrics["consistency"])
+    assert np.isfinite(fc) and fc > 0
+    for name in ("segmentation", "keypoints", "jacobians"):
+        leaves = jax.tree.leaves(grads["copart"][name])
+        assert all(np.all(np.isfinite(np.asarray(g))) for g in leaves)
+        assert any(np.any(np.asarray(g) != 0) for g in leaves), name
+    # Before loss.consistency_start_step L_fc is reported but weighs nothing; from it on it
+    # weighs lambda6 = 5.
+    before, m_before = loss(variables["params"], 9, 10)
+    after, m_after = loss(variables["params"], 10, 10)
+    assert float(m_before["consistency"]) == pytest.approx(fc, rel=1e-6)
+    assert float(after) - float(before) == pytest.approx(5.0 * fc, rel=1e-4)
+    assert float(after) == pytest.approx(float(loss(variables["params"], 0, 0)[0]), rel=1e-6)

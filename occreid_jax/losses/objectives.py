@@ -181,6 +181,8 @@ class MatLossConfig(LossConfig):
     part_triplet_weight: float = 1.0  # lambda4
     equivariance_weight: float = 10.0  # lambda5
     consistency_weight: float = 5.0  # lambda6
+    # Not in the paper: L_fc is off before this training step (aux["train_step"]); 0 = always.
+    consistency_start_step: int = 0
     part_diversity_weight: float = 0.0  # not in the paper (losses/mat.part_diversity_loss)
     part_presence_weight: float = 0.0  # not in the paper (losses/mat.part_presence_loss)
     # What L_fc compares (CONSISTENCY_TARGETS), whether its gradient may reach those features,
@@ -277,6 +279,15 @@ def flow_jacobians(aux: dict, cfg: MatLossConfig) -> jax.Array:
 CONSISTENCY_INPUTS = {"encoder": "feature_maps", "backbone": "backbone_maps", "image": "images"}
 
 
+def _consistency_weight(aux: dict, cfg: MatLossConfig):
+    """lambda6, or 0 before `cfg.consistency_start_step` (aux["train_step"], a scalar)."""
+    if not cfg.consistency_start_step:
+        return cfg.consistency_weight
+    require(aux, ["train_step"], "mat (with loss.consistency_start_step)")
+    started = aux["train_step"] >= cfg.consistency_start_step
+    return jnp.where(started, cfg.consistency_weight, 0.0)
+
+
 def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
     """MAT's total loss (Eq. 9), with the terms of the branches `cfg` says the model has.
 
@@ -298,7 +309,8 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
 
     Args:
       aux: the model's aux (`nets/mat.py`), plus "warped" {"keypoints", "jacobians"} and
-        "tps" from the equivariance pass when the model has keypoints.
+        "tps" from the equivariance pass when the model has keypoints, and "train_step"
+        (the state's step, from `training/train.train_step`).
       labels: [B] int train labels, identity-major in groups of `cfg.group_size`.
       cfg: loss weights, settings and the model's branch switches.
 
@@ -366,7 +378,7 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
             cfg.consistency_pairs,
             cfg.consistency_visibility,
         )
-        loss = loss + cfg.consistency_weight * fc
+        loss = loss + _consistency_weight(aux, cfg) * fc
         metrics["consistency"] = fc
     elif has_consistency:
         levels = consistency_maps(aux, cfg)
@@ -381,7 +393,7 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
             )
             for maps in levels
         ) / len(levels)
-        loss = loss + cfg.consistency_weight * fc
+        loss = loss + _consistency_weight(aux, cfg) * fc
         metrics["consistency"] = fc
     metrics["loss"] = loss
     return loss, metrics

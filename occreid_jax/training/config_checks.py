@@ -94,7 +94,10 @@ def check_numbers(config: ml_collections.ConfigDict) -> None:
                 f"{section}.{name}={value!r} must be a positive integer; "
                 f"set --config.{section}.{name}"
             )
-    for name, value in (("data.pad", config.data.pad), ("seed", config.seed)):
+    whole = [("data.pad", config.data.pad), ("seed", config.seed)]
+    if "consistency_start_step" in config.loss:
+        whole.append(("loss.consistency_start_step", config.loss.consistency_start_step))
+    for name, value in whole:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise UserError(f"{name}={value!r} must be a whole number >= 0; set --config.{name}")
     check_floats(config)

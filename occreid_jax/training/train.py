@@ -102,7 +102,8 @@ def train_step(
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
         aux, updates = forward(state.apply_fn, variables, batch, rng)
-        loss, metrics = objective(aux, batch["labels"])
+        # The step, for objectives whose terms start late (loss.consistency_start_step).
+        loss, metrics = objective({**aux, "train_step": state.step}, batch["labels"])
         return loss, (metrics, updates)
 
     grads, (metrics, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
