@@ -283,6 +283,12 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # Not in the paper: with target "image", weigh the pyramid by co-part segmentation's
     # visibility map 1 - fg_X (1 - fg_A), behind a stop-gradient (pixels the person left).
     loss.consistency_visibility = True
+    # Not in the paper: with target "image", "keypoint_masks" composes the flow from soft
+    # Gaussian masks around the keypoints (sigma keypoint_mask_sigma, [-1, 1] units) instead
+    # of the learned segmentation, as FOMM builds its masks from keypoints: L_fc then reaches
+    # the keypoints whatever the segmentation does. "segmentation" = Eq. 7.
+    loss.consistency_flow = "segmentation"
+    loss.keypoint_mask_sigma = 0.15
     # Not in the paper: no gradient from L_fc into the compared features (it then trains only
     # the flow: segmentation, keypoints, Jacobians); without it, flattening the features
     # also lowers the KL.

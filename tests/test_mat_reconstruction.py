@@ -9,6 +9,7 @@ import pytest
 from occreid_jax import motion
 from occreid_jax.losses.mat import (
     average_pool,
+    keypoint_masks,
     l1_pyramid,
     reconstruction_loss,
     reconstruction_terms,
@@ -75,6 +76,30 @@ def test_two_parts_moving_differently_are_explained_by_their_own_motions_not_one
     # Hand count at full resolution: the bottom block's 64 pixels read X 8 pixels off, so
     # each reads 0 (background) or the other texture; every visible pixel elsewhere matches.
     assert float(parts[0, 0]) < float(single[0, 0])
+
+
+def test_keypoint_masks_hand_values_and_they_carry_l_fc_to_keypoints_past_a_background():
+    masks = np.asarray(keypoint_masks(jnp.asarray([[[0.0, 0.0]]]), (2, 2), sigma=1.0))
+    # Every centre (+-0.5, +-0.5) is 0.5 from the keypoint: logits -0.25 (part) and -2.
+    part = 1.0 / (1.0 + np.exp(-2.0 + 0.25))
+    np.testing.assert_allclose(masks[0, ..., 1], part, rtol=1e-6)
+    np.testing.assert_allclose(masks.sum(-1), 1.0, rtol=1e-6)
+    shifts = [(4, 0), (-4, 4)]
+    images, seg, centres = _two_block_pair(*shifts)
+    kp, jac = _motions(centres, [(0, 0), (0, 0)])  # no motion yet
+    background = np.zeros_like(seg)
+    background[..., 0] = 1.0  # a learned segmentation that fell to the background
+
+    def loss(keypoints, flow):
+        flow_seg = None if flow is None else keypoint_masks(keypoints, (H, W), 0.3)
+        return reconstruction_loss(
+            jnp.asarray(images), jnp.asarray(background), keypoints, jac, 2, "first", True,
+            flow_seg,
+        )  # fmt: skip
+
+    # Through the segmentation the keypoints get nothing; through their own masks they do.
+    assert not np.any(np.asarray(jax.grad(loss)(kp, None)))
+    assert np.any(np.abs(np.asarray(jax.grad(loss)(kp, "masks"))[1]) > 1e-4)
 
 
 def test_the_visibility_map_zeroes_what_the_person_left_and_carries_no_gradient():

@@ -229,6 +229,15 @@ def upsample_flow(flow: jax.Array, size: tuple[int, int]) -> jax.Array:
     return motion.make_grid(*size) + fine
 
 
+def keypoint_masks(keypoints: jax.Array, size: tuple[int, int], sigma: float) -> jax.Array:
+    """Soft part masks made of the keypoints alone: the softmax over K+1 channels of
+    `motion.keypoint_prior_logits` (a Gaussian of `sigma` around keypoint k for part k, a
+    constant for the background), [B, h, w, K+1] from keypoints [B, K, 2]. FOMM derives its
+    motion masks from keypoint Gaussians too; a flow composed with them carries L_fc's
+    gradient to the keypoints whatever the learned segmentation does (not in the paper)."""
+    return jax.nn.softmax(motion.keypoint_prior_logits(keypoints, size, sigma), axis=-1)
+
+
 def reconstruction_loss(
     images: jax.Array,
     segmentation: jax.Array,
@@ -237,6 +246,7 @@ def reconstruction_loss(
     group_size: int,
     pairs: str = "all",
     visibility: bool = True,
+    flow_segmentation: jax.Array | None = None,
 ) -> jax.Array:
     """The image-reconstruction consistency (not in MAT's paper, whose Eq. 8 compares
     features; co-part segmentation's signal): X's pixels read through the flow that A's
@@ -249,13 +259,16 @@ def reconstruction_loss(
       group_size, pairs: as `consistency_loss`.
       visibility: weigh by `visibility_map` (X's and A's foreground, 1 minus channel 0,
         resized to H x W), or weigh every pixel alike.
+      flow_segmentation: [B, h', w', K+1] composes the flow in place of `segmentation`
+        (e.g. `keypoint_masks`); None = `segmentation`.
 
     Returns:
       Scalar: mean over groups of the sum over X of the pyramid loss.
     """
     terms = reconstruction_terms(
-        images, segmentation, keypoints, jacobians, group_size, pairs, visibility
-    )
+        images, segmentation, keypoints, jacobians, group_size, pairs, visibility,
+        flow_segmentation,
+    )  # fmt: skip
     return jnp.mean(jnp.sum(terms, axis=1))
 
 

@@ -26,6 +26,7 @@ from occreid_jax.losses.mat import (
     consistency_loss,
     equivariance_loss,
     feature_distribution,
+    keypoint_masks,
     keypoint_separation_loss,
     part_diversity_loss,
     part_presence_loss,
@@ -194,6 +195,10 @@ class MatLossConfig(LossConfig):
     consistency_pairs: str = "all"  # "all" = Eq. 12; "first": not in the paper
     # Target "image": weigh the L1 pyramid by co-part segmentation's visibility map.
     consistency_visibility: bool = True  # not in the paper
+    # Target "image": what composes the flow: "segmentation" (Eq. 7) or "keypoint_masks"
+    # (`losses/mat.keypoint_masks` with sigma keypoint_mask_sigma; not in the paper).
+    consistency_flow: str = "segmentation"
+    keypoint_mask_sigma: float = 0.15
     keypoint_separation_weight: float = 0.0  # not in the paper (Zhang et al. 2018)
     keypoint_separation_sigma: float = 0.1  # not in the paper
     tps_sigma_affine: float = 0.05
@@ -237,6 +242,16 @@ class MatLossConfig(LossConfig):
                 f"unknown loss.consistency_pairs {self.consistency_pairs!r}; "
                 f"use one of {CONSISTENCY_PAIRS}"
             )
+        if self.consistency_flow not in CONSISTENCY_FLOWS:
+            raise UserError(
+                f"unknown loss.consistency_flow {self.consistency_flow!r}; "
+                f"use one of {CONSISTENCY_FLOWS}"
+            )
+        if not self.keypoint_mask_sigma > 0:
+            raise UserError(
+                f"loss.keypoint_mask_sigma={self.keypoint_mask_sigma!r} must be > 0; "
+                "set --config.loss.keypoint_mask_sigma"
+            )
         stages = tuple(self.consistency_stages)
         if not stages or not all(1 <= s <= 4 for s in stages):
             raise UserError(
@@ -277,6 +292,10 @@ def flow_jacobians(aux: dict, cfg: MatLossConfig) -> jax.Array:
 
 
 CONSISTENCY_INPUTS = {"encoder": "feature_maps", "backbone": "backbone_maps", "image": "images"}
+
+
+# What composes the flow of the image target (MatLossConfig.consistency_flow).
+CONSISTENCY_FLOWS = ("segmentation", "keypoint_masks")
 
 
 def _consistency_weight(aux: dict, cfg: MatLossConfig):
@@ -369,6 +388,10 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
             loss = loss + cfg.keypoint_separation_weight * separation
             metrics["keypoint_separation"] = separation
     if has_consistency and cfg.consistency_target == "image":
+        flow_segmentation = None
+        if cfg.consistency_flow == "keypoint_masks":
+            size = aux["segmentation"].shape[1:3]
+            flow_segmentation = keypoint_masks(aux["keypoints"], size, cfg.keypoint_mask_sigma)
         fc = reconstruction_loss(
             aux["images"],
             aux["segmentation"],
@@ -377,6 +400,7 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
             cfg.group_size,
             cfg.consistency_pairs,
             cfg.consistency_visibility,
+            flow_segmentation,
         )
         loss = loss + _consistency_weight(aux, cfg) * fc
         metrics["consistency"] = fc
