@@ -122,6 +122,11 @@ _GROUND_TRUTH_TRANSLATIONS = {
     "pose.source": "ground_truth",
     "loss.consistency_jacobians": False,
 }
+_HOURGLASS = {
+    **_IMAGE_TARGET,
+    "model.segment_features": "hourglass",
+    "model.keypoint_features": "segment",
+}
 ABLATIONS["reconstruction"] = {
     "feature L_fc (the default)": {},
     "image L_fc, stride-4 parts": _IMAGE_TARGET,
@@ -156,10 +161,16 @@ ABLATIONS["reconstruction"] = {
         **_GROUND_TRUTH_TRANSLATIONS,
         "model.segment_features": "hourglass",
     },
-    "hourglass parts, keypoints and Jacobians": {
-        **_IMAGE_TARGET,
-        "model.segment_features": "hourglass",
-        "model.keypoint_features": "segment",
+    "hourglass parts, keypoints and Jacobians": _HOURGLASS,
+    "hourglass, translations": {**_HOURGLASS, "loss.consistency_jacobians": False},
+    "hourglass, parts around their keypoints (sigma 0.15)": {
+        **_HOURGLASS,
+        "model.segmentation_prior_sigma": 0.15,
+    },
+    "hourglass, L_fc from step 100": {**_HOURGLASS, "loss.consistency_start_step": 100},
+    "hourglass, flow from keypoint masks": {
+        **_HOURGLASS,
+        "loss.consistency_flow": "keypoint_masks",
     },
 }
 EVAL_ONLY = {"matching": ("table1", "#5 + encoder + decoder (MAT)")}
@@ -276,8 +287,10 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # the image size, against A by an L1 pyramid (scales 1, 1/2, 1/4), the signal of motion
     # co-part segmentation, whose flow MAT's Eq. 5-7 is. Pixels reward limbs moving on their
     # own where the Re-ID features reward one region (README, "Probe v2"), but trained, its
-    # segmentation falls to all background (README, "The image-reconstruction signal"), so
-    # the default stays "backbone".
+    # segmentation falls to all background on the synthetic benchmark (README, "The
+    # image-reconstruction signal"; with model.segment_features "hourglass" it keeps three
+    # parts on the real video of pets2009, below the feature L_fc's retrieval), so the
+    # default stays "backbone".
     loss.consistency_target = "backbone"
     loss.consistency_stages = (1, 2)
     # Not in the paper: with target "image", weigh the pyramid by co-part segmentation's
