@@ -129,6 +129,10 @@ _HOURGLASS = {
 }
 ABLATIONS["reconstruction"] = {
     "feature L_fc (the default)": {},
+    "feature L_fc, hourglass parts, keypoints and Jacobians": {
+        "model.segment_features": "hourglass",
+        "model.keypoint_features": "segment",
+    },
     "image L_fc, stride-4 parts": _IMAGE_TARGET,
     "image L_fc without the visibility map": {
         **_IMAGE_TARGET,

@@ -16,9 +16,9 @@ shared linear segmentation head lacks (README, "The image-reconstruction signal"
       -> 7x7 convs: K+1 segmentation logits, K keypoint logits, 4K Jacobian entries
 
 As in the repository: widths `min(max_features, expansion * 2^(i+1))` for down block i, the
-Jacobian conv starts at zero weights and an identity bias. Not from it: BatchNorm epsilon and
-momentum are flax's defaults in torch terms (1e-5, 0.9), BatchNorm is synchronised over
-`axis_name` under pmap.
+Jacobian conv starts at zero weights and an identity bias, BatchNorm with torch's defaults
+(epsilon 1e-5, momentum 0.9 in flax terms). Not from it: BatchNorm is synchronised over
+`axis_name` under pmap (the repository's SynchronizedBatchNorm2d does the same over GPUs).
 """
 
 from __future__ import annotations
