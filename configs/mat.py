@@ -133,6 +133,7 @@ ABLATIONS["reconstruction"] = {
         "model.segment_features": "hourglass",
         "model.keypoint_features": "segment",
     },
+    "feature L_fc, hourglass parts, MAT's keypoints": {"model.segment_features": "hourglass"},
     "image L_fc, stride-4 parts": _IMAGE_TARGET,
     "image L_fc without the visibility map": {
         **_IMAGE_TARGET,
