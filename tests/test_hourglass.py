@@ -176,3 +176,9 @@ def test_an_image_target_step_trains_the_hourglass_and_starts_l_fc_at_its_step()
     assert float(m_before["consistency"]) == pytest.approx(fc, rel=1e-6)
     assert float(after) - float(before) == pytest.approx(5.0 * fc, rel=1e-4)
     assert float(after) == pytest.approx(float(loss(variables["params"], 0, 0)[0]), rel=1e-6)
+
+
+def test_keypoint_masks_without_the_image_target_is_one_line():
+    with pytest.raises(UserError, match="image target only"):
+        MatLossConfig(consistency_target="backbone", consistency_flow="keypoint_masks").check()
+    MatLossConfig(consistency_target="image", consistency_flow="keypoint_masks").check()

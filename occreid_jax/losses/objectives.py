@@ -247,6 +247,12 @@ class MatLossConfig(LossConfig):
                 f"unknown loss.consistency_flow {self.consistency_flow!r}; "
                 f"use one of {CONSISTENCY_FLOWS}"
             )
+        if self.consistency_flow != "segmentation" and self.consistency_target != "image":
+            raise UserError(
+                f"loss.consistency_flow={self.consistency_flow!r} composes the flow of the "
+                "image target only; set --config.loss.consistency_target=image or leave "
+                "consistency_flow at 'segmentation'"
+            )
         if not self.keypoint_mask_sigma > 0:
             raise UserError(
                 f"loss.keypoint_mask_sigma={self.keypoint_mask_sigma!r} must be > 0; "
