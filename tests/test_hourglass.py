@@ -141,6 +141,8 @@ def test_an_image_size_the_hourglass_cannot_halve_is_one_line():
     model = families.build_model("mat", num_classes=5, **TINY, **HOURGLASS)
     with pytest.raises(UserError, match="divisible by hourglass_stride"):  # 72 / 16 = 4.5
         model.init(jax.random.PRNGKey(0), jnp.zeros((1, 72, 32, 3)), train=False)
+    with pytest.raises(UserError, match="hourglass_blocks >= 1"):
+        families.build_model("mat", num_classes=5, **TINY, **{**HOURGLASS, "hourglass_blocks": 0})
 
 
 def test_an_image_target_step_trains_the_hourglass_and_starts_l_fc_at_its_step():

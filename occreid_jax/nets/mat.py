@@ -27,7 +27,8 @@ attention logits, which makes the maps start nearly flat, where plain products s
 
 Parameter tree: backbone/..., input_proj, encoder_{i}, queries, decoder_{i}, keypoint_head,
 segment_head, jacobian_head, bottleneck (global BNNeck), classifier, part_bottleneck,
-part_classifier.
+part_classifier; with segment_features="hourglass", copart/... (`nets/hourglass.py`) in
+place of the segment (and with keypoint_features="segment" the keypoint) queries and heads.
 """
 
 from __future__ import annotations
@@ -179,6 +180,8 @@ class Mat(nn.Module):
             )
         if self.segment_stage not in (1, 2, 3, 4):
             problems.append(f"model.segment_stage={self.segment_stage} must be a stage, 1-4")
+        if min(self.hourglass_stride, self.hourglass_expansion, self.hourglass_blocks) < 1:
+            problems.append("model.hourglass_stride, hourglass_expansion, hourglass_blocks >= 1")
         if self.d_model % self.num_heads or self.d_model % 4:
             problems.append(
                 f"model.d_model={self.d_model} must be a multiple of 4 and of "
