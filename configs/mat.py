@@ -134,6 +134,10 @@ ABLATIONS["reconstruction"] = {
         "model.keypoint_features": "segment",
     },
     "feature L_fc, hourglass parts, MAT's keypoints": {"model.segment_features": "hourglass"},
+    "feature L_fc, hourglass parts and flow keypoints, MAT's kept for L_eq": {
+        "model.segment_features": "hourglass",
+        "model.keypoint_features": "both",
+    },
     "image L_fc, stride-4 parts": _IMAGE_TARGET,
     "image L_fc without the visibility map": {
         **_IMAGE_TARGET,
@@ -228,7 +232,8 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     config.model.segment_stage = 4
     # What the keypoint embeddings multiply: "encoder" (f_g, the paper) or "segment" (the map
     # the segmentation reads; not in the paper: finer keypoints, as FOMM keeps its detector
-    # at 64 x 64).
+    # at 64 x 64); "both" (not in the paper; with segment_features "hourglass"): the
+    # hourglass's keypoints compose the flow and MAT's on f_g stay for L_eq alone.
     config.model.keypoint_features = "encoder"
     # Not in the paper: > 0 adds log-Gaussians (this sigma, in [-1, 1] units) around each
     # image's keypoints to its segmentation logits, so part k starts around keypoint k.

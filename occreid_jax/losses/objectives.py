@@ -313,6 +313,24 @@ def _consistency_weight(aux: dict, cfg: MatLossConfig):
     return jnp.where(started, cfg.consistency_weight, 0.0)
 
 
+def _keypoint_terms(aux: dict, cfg: MatLossConfig, prefix: str, loss, metrics: dict):
+    """`loss` plus L_eq and the separation prior of the keypoint set aux[prefix + "keypoints"]
+    (prefix "encoder_": MAT's own, kept beside the hourglass's by model.keypoint_features
+    "both"); their values go to `metrics` under the same prefix."""
+    names = (prefix + "keypoints", prefix + "jacobians")
+    points = aux[names[0]]
+    motions = [aux[n] for n in names] + [aux["warped"][n] for n in names]
+    eq_value, eq_jacobian = equivariance_loss(*motions, aux["tps"])
+    loss = loss + cfg.equivariance_weight * (eq_value + eq_jacobian)
+    metrics[prefix + "equivariance_value"] = eq_value
+    metrics[prefix + "equivariance_jacobian"] = eq_jacobian
+    if cfg.keypoint_separation_weight:
+        separation = keypoint_separation_loss(points, cfg.keypoint_separation_sigma)
+        loss = loss + cfg.keypoint_separation_weight * separation
+        metrics[prefix + "keypoint_separation"] = separation
+    return loss
+
+
 def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
     """MAT's total loss (Eq. 9), with the terms of the branches `cfg` says the model has.
 
@@ -327,6 +345,8 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
       `losses/mat.reconstruction_loss` on aux["images"] instead.
     * Keypoint separation (`cfg.keypoint_separation_weight`, not in the paper) and L_div
       (`cfg.part_diversity_weight`, not in the paper) when their weights are non-zero.
+    * L_eq and the separation prior again on aux["encoder_keypoints"], MAT's own keypoints,
+      where the model keeps them beside the flow's (model.keypoint_features="both").
 
     Metrics also report `segmentation_confidence` (mean max part probability per pixel:
     1/(K+1) for uniform maps) and `keypoint_spread` (std of the keypoints over parts: 0 when
@@ -378,21 +398,10 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
             loss = loss + cfg.part_diversity_weight * diversity
             metrics["part_diversity"] = diversity
     if has_keypoints:
-        eq_value, eq_jacobian = equivariance_loss(
-            aux["keypoints"],
-            aux["jacobians"],
-            aux["warped"]["keypoints"],
-            aux["warped"]["jacobians"],
-            aux["tps"],
-        )
-        loss = loss + cfg.equivariance_weight * (eq_value + eq_jacobian)
-        metrics.update(equivariance_value=eq_value, equivariance_jacobian=eq_jacobian)
         # Collapse diagnostic (no gradient): 0 when the keypoints coincide.
         metrics["keypoint_spread"] = jnp.mean(jnp.std(aux["keypoints"], axis=1))
-        if cfg.keypoint_separation_weight:
-            separation = keypoint_separation_loss(aux["keypoints"], cfg.keypoint_separation_sigma)
-            loss = loss + cfg.keypoint_separation_weight * separation
-            metrics["keypoint_separation"] = separation
+        for prefix in ("", "encoder_") if "encoder_keypoints" in aux else ("",):
+            loss = _keypoint_terms(aux, cfg, prefix, loss, metrics)
     if has_consistency and cfg.consistency_target == "image":
         flow_segmentation = None
         if cfg.consistency_flow == "keypoint_masks":

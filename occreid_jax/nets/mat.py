@@ -28,7 +28,8 @@ attention logits, which makes the maps start nearly flat, where plain products s
 Parameter tree: backbone/..., input_proj, encoder_{i}, queries, decoder_{i}, keypoint_head,
 segment_head, jacobian_head, bottleneck (global BNNeck), classifier, part_bottleneck,
 part_classifier; with segment_features="hourglass", copart/... (`nets/hourglass.py`) in
-place of the segment (and with keypoint_features="segment" the keypoint) queries and heads.
+place of the segment (and with keypoint_features="segment" the keypoint) queries and heads
+(with keypoint_features="both" MAT's keypoint queries and heads stay beside it).
 """
 
 from __future__ import annotations
@@ -44,7 +45,14 @@ from occreid_jax import motion
 from occreid_jax.errors import UserError
 from occreid_jax.nets.baseline import backbone_features, bnneck, classifier, classifier_init
 from occreid_jax.nets.hourglass import CoPartPredictor
-from occreid_jax.nets.mat_heads import (
+from occreid_jax.nets.mat_checks import (  # noqa: F401 (the switches' values, re-exported)
+    KEYPOINT_FEATURES,
+    KEYPOINT_SOURCES,
+    POSITION_EMBEDDINGS,
+    SEGMENT_FEATURES,
+    config_problems,
+)
+from occreid_jax.nets.mat_heads import (  # noqa: F401 (COCO_GROUPS re-exported)
     COCO_GROUPS,
     MLPHead,
     group_heatmaps,
@@ -52,29 +60,6 @@ from occreid_jax.nets.mat_heads import (
 )
 from occreid_jax.nets.resnet import get_backbone
 from occreid_jax.nets.transformer import DecoderLayer, EncoderLayer, sine_position_embedding
-
-# model.keypoints: where the keypoints of the motion flow come from.
-#   self_supervised  MAT: keypoint queries and heatmaps trained by the equivariance loss
-#   heatmaps         fed by pose heatmaps (`heatmaps=`: ground truth or a pose net, per
-#                    pose.source), grouped into K keypoints (Table 1 row #6, "pretrained")
-#   none             no keypoint branch: no motion, segmentation trained by the ID losses only
-KEYPOINT_SOURCES = ("self_supervised", "heatmaps", "none")
-POSITION_EMBEDDINGS = ("add", "concat")
-# model.segment_features: what the segment embeddings are multiplied with (the keypoint
-# embeddings always multiply f_g).
-#   encoder   f_g, the encoder output (our reading of the paper's "feature maps")
-#   backbone  the backbone map through its own 1x1 projection to d_model, without positions
-#             (not in the paper; keeps the maps spatial when the encoder's tokens grow alike)
-#   hourglass no embeddings: co-part segmentation's own predictor on the image
-#             (`nets/hourglass.py`, at stride hourglass_stride; not in the paper), which
-#             with keypoint_features="segment" also gives the keypoints and Jacobians
-SEGMENT_FEATURES = ("encoder", "backbone", "hourglass")
-# model.keypoint_features: what the keypoint embeddings multiply (and the Jacobian head reads).
-#   encoder   f_g (MAT)
-#   segment   the map the segmentation reads (with segmentation; not in the paper): at
-#             segment_stage 1 four times finer than f_g, as FOMM keeps its keypoint
-#             detector at 64 x 64 (first-order-model issue 81)
-KEYPOINT_FEATURES = ("encoder", "segment")
 
 
 class Mat(nn.Module):
@@ -149,46 +134,7 @@ class Mat(nn.Module):
 
     def __post_init__(self) -> None:
         get_backbone(self.backbone)
-        problems = []
-        if self.num_classes < 0:
-            problems.append(f"num_classes must be >= 0, got {self.num_classes}")
-        if self.num_parts < 1:
-            problems.append(f"model.num_parts must be >= 1, got {self.num_parts}")
-        if self.keypoints not in KEYPOINT_SOURCES:
-            problems.append(
-                f"unknown model.keypoints {self.keypoints!r}; use one of {KEYPOINT_SOURCES}"
-            )
-        if self.keypoints == "heatmaps" and self.num_parts not in COCO_GROUPS:
-            problems.append(
-                f"model.keypoints='heatmaps' groups the 17 COCO joints into "
-                f"{tuple(COCO_GROUPS)} parts; set model.num_parts to one of them"
-            )
-        if self.position_embedding not in POSITION_EMBEDDINGS:
-            problems.append(
-                f"unknown model.position_embedding {self.position_embedding!r}; "
-                f"use one of {POSITION_EMBEDDINGS}"
-            )
-        if self.segment_features not in SEGMENT_FEATURES:
-            problems.append(
-                f"unknown model.segment_features {self.segment_features!r}; "
-                f"use one of {SEGMENT_FEATURES}"
-            )
-        if self.keypoint_features not in KEYPOINT_FEATURES:
-            problems.append(
-                f"unknown model.keypoint_features {self.keypoint_features!r}; "
-                f"use one of {KEYPOINT_FEATURES}"
-            )
-        if self.segment_stage not in (1, 2, 3, 4):
-            problems.append(f"model.segment_stage={self.segment_stage} must be a stage, 1-4")
-        if min(self.hourglass_stride, self.hourglass_expansion, self.hourglass_blocks) < 1:
-            problems.append("model.hourglass_stride, hourglass_expansion, hourglass_blocks >= 1")
-        if self.d_model % self.num_heads or self.d_model % 4:
-            problems.append(
-                f"model.d_model={self.d_model} must be a multiple of 4 and of "
-                f"model.num_heads={self.num_heads}"
-            )
-        if self.encoder_layers < 0 or self.decoder_layers < 0 or self.head_layers < 1:
-            problems.append("model.encoder_layers, decoder_layers >= 0 and head_layers >= 1")
+        problems = config_problems(self)
         if problems:
             raise UserError("; ".join(problems))
         super().__post_init__()
@@ -228,7 +174,9 @@ class Mat(nn.Module):
             aux["segmentation"] [B, h, w, K+1] (softmax, channel 0 background);
             aux["backbone_maps"] the output of every backbone stage (`ResNet.stage_outputs`);
             with keypoints aux["keypoints"] [B, K, 2] ([-1, 1], see `motion`),
-            aux["jacobians"] [B, K, 2, 2], aux["keypoint_heatmaps"] [B, h, w, K].
+            aux["jacobians"] [B, K, 2, 2], aux["keypoint_heatmaps"] [B, h, w, K]; with
+            keypoint_features="both" the same three prefixed "encoder_" (MAT's, on f_g)
+            beside the hourglass's.
             Logits are absent when num_classes == 0; keypoints are absent with
             keypoints="heatmaps" when no heatmaps are given (inference).
         """
@@ -244,9 +192,12 @@ class Mat(nn.Module):
         if self.segmentation and self.keypoint_features == "segment" and copart is None:
             segment_input = self._segment_input(features, stages)  # keypoints read it
         if self.keypoints != "none":
-            if copart is not None and self.keypoint_features == "segment":
+            if copart is not None and self.keypoint_features in ("segment", "both"):
                 size = copart[1].shape[1:3]
                 aux.update(self._keypoints(None, size, None, heatmaps, train, copart[1:]))
+                if self.keypoint_features == "both":  # MAT's own on f_g, for L_eq alone
+                    own = self._keypoints(features, (height, width), keypoint_emb, None, train)
+                    aux.update({f"encoder_{name}": v for name, v in own.items()})
             elif segment_input is None:  # f_g, as [B, h * w, d]
                 aux.update(
                     self._keypoints(features, (height, width), keypoint_emb, heatmaps, train)

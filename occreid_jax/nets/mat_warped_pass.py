@@ -9,7 +9,8 @@ model again on them. Pose heatmaps in the batch (`model.keypoints="heatmaps"`) a
 the same warp, so a detector fed by them sees them move with the image.
 
 Returned aux = the first pass's aux plus
-  aux["warped"] = {"keypoints": [b, K, 2], "jacobians": [b, K, 2, 2]} of the second pass,
+  aux["warped"] = {"keypoints": [b, K, 2], "jacobians": [b, K, 2, 2]} of the second pass
+    (and "encoder_keypoints", "encoder_jacobians" where the model gives them),
   aux["tps"] = the warp parameters (for T(p') and dT/dp in `losses/mat.py`),
   aux["images"] = the batch's images [b, H, W, 3] (for the image-reconstruction consistency).
 
@@ -73,11 +74,8 @@ def equivariance_forward(
     warped_images = motion.warp_images(batch["images"], tps)
     warped_heatmaps = None if heatmaps is None else motion.warp_images(heatmaps, tps)
     warped, _ = run(warped_images, warped_heatmaps, rng_second)
-    aux = {
-        **aux,
-        "warped": {"keypoints": warped["keypoints"], "jacobians": warped["jacobians"]},
-        "tps": tps,
-    }
+    names = ("keypoints", "jacobians", "encoder_keypoints", "encoder_jacobians")
+    aux = {**aux, "warped": {n: warped[n] for n in names if n in warped}, "tps": tps}
     return aux, updates
 
 
