@@ -127,6 +127,7 @@ _HOURGLASS = {
     "model.segment_features": "hourglass",
     "model.keypoint_features": "segment",
 }
+_BOTH = "feature L_fc, hourglass parts and flow keypoints, MAT's kept for L_eq"
 ABLATIONS["reconstruction"] = {
     "feature L_fc (the default)": {},
     "feature L_fc, hourglass parts, keypoints and Jacobians": {
@@ -134,7 +135,7 @@ ABLATIONS["reconstruction"] = {
         "model.keypoint_features": "segment",
     },
     "feature L_fc, hourglass parts, MAT's keypoints": {"model.segment_features": "hourglass"},
-    "feature L_fc, hourglass parts and flow keypoints, MAT's kept for L_eq": {
+    _BOTH: {
         "model.segment_features": "hourglass",
         "model.keypoint_features": "both",
     },
@@ -182,7 +183,12 @@ ABLATIONS["reconstruction"] = {
         "loss.consistency_flow": "keypoint_masks",
     },
 }
-EVAL_ONLY = {"matching": ("table1", "#5 + encoder + decoder (MAT)")}
+# The global-only and parts-x2 matching rows on that row's checkpoints.
+ABLATIONS["matching_hourglass"] = ABLATIONS["matching"]
+EVAL_ONLY = {
+    "matching": ("table1", "#5 + encoder + decoder (MAT)"),
+    "matching_hourglass": ("reconstruction", _BOTH),
+}
 
 
 def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
