@@ -139,6 +139,11 @@ ABLATIONS["reconstruction"] = {
         "model.segment_features": "hourglass",
         "model.keypoint_features": "both",
     },
+    "the same without L_fc (lambda6 = 0)": {
+        "model.segment_features": "hourglass",
+        "model.keypoint_features": "both",
+        "loss.consistency_weight": 0.0,
+    },
     "image L_fc, stride-4 parts": _IMAGE_TARGET,
     "image L_fc without the visibility map": {
         **_IMAGE_TARGET,
