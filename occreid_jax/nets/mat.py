@@ -195,7 +195,7 @@ class Mat(nn.Module):
             if copart is not None and self.keypoint_features in ("segment", "both"):
                 size = copart[1].shape[1:3]
                 aux.update(self._keypoints(None, size, None, heatmaps, train, copart[1:]))
-                if self.keypoint_features == "both":  # MAT's own on f_g, for L_eq alone
+                if self.keypoint_features == "both":  # MAT's own on f_g, outside the flow
                     own = self._keypoints(features, (height, width), keypoint_emb, None, train)
                     aux.update({f"encoder_{name}": v for name, v in own.items()})
             elif segment_input is None:  # f_g, as [B, h * w, d]

@@ -30,8 +30,8 @@ SEGMENT_FEATURES = ("encoder", "backbone", "hourglass")
 #   both      with segment_features="hourglass" (not in the paper): the hourglass's
 #             keypoints and Jacobians compose the flow (aux "keypoints", "jacobians"), and
 #             MAT's own on f_g are kept beside them (aux "encoder_keypoints",
-#             "encoder_jacobians") for L_eq alone, which through them still trains the
-#             backbone and encoder as in MAT
+#             "encoder_jacobians") for L_eq and the separation prior alone, which through
+#             them still train the backbone and encoder as in MAT
 KEYPOINT_FEATURES = ("encoder", "segment", "both")
 
 
