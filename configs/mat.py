@@ -128,6 +128,7 @@ _HOURGLASS = {
     "model.keypoint_features": "segment",
 }
 _BOTH = "feature L_fc, hourglass parts and flow keypoints, MAT's kept for L_eq"
+_BOTH_KEYPOINTS = {"model.segment_features": "hourglass", "model.keypoint_features": "both"}
 ABLATIONS["reconstruction"] = {
     "feature L_fc (the default)": {},
     "feature L_fc, hourglass parts, keypoints and Jacobians": {
@@ -135,15 +136,8 @@ ABLATIONS["reconstruction"] = {
         "model.keypoint_features": "segment",
     },
     "feature L_fc, hourglass parts, MAT's keypoints": {"model.segment_features": "hourglass"},
-    _BOTH: {
-        "model.segment_features": "hourglass",
-        "model.keypoint_features": "both",
-    },
-    "the same without L_fc (lambda6 = 0)": {
-        "model.segment_features": "hourglass",
-        "model.keypoint_features": "both",
-        "loss.consistency_weight": 0.0,
-    },
+    _BOTH: _BOTH_KEYPOINTS,
+    "the same without L_fc (lambda6 = 0)": {**_BOTH_KEYPOINTS, "loss.consistency_weight": 0.0},
     "image L_fc, stride-4 parts": _IMAGE_TARGET,
     "image L_fc without the visibility map": {
         **_IMAGE_TARGET,
@@ -244,7 +238,8 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # What the keypoint embeddings multiply: "encoder" (f_g, the paper) or "segment" (the map
     # the segmentation reads; not in the paper: finer keypoints, as FOMM keeps its detector
     # at 64 x 64); "both" (not in the paper; with segment_features "hourglass"): the
-    # hourglass's keypoints compose the flow and MAT's on f_g stay for L_eq alone.
+    # hourglass's keypoints compose the flow and MAT's on f_g stay for L_eq and the
+    # separation prior alone.
     config.model.keypoint_features = "encoder"
     # Not in the paper: > 0 adds log-Gaussians (this sigma, in [-1, 1] units) around each
     # image's keypoints to its segmentation logits, so part k starts around keypoint k.

@@ -13,8 +13,8 @@ from occreid_jax.nets.mat_heads import COCO_GROUPS
 #   none             no keypoint branch: no motion, segmentation trained by the ID losses only
 KEYPOINT_SOURCES = ("self_supervised", "heatmaps", "none")
 POSITION_EMBEDDINGS = ("add", "concat")
-# model.segment_features: what the segment embeddings are multiplied with (the keypoint
-# embeddings always multiply f_g).
+# model.segment_features: what the segment embeddings are multiplied with (what the keypoint
+# embeddings multiply is model.keypoint_features, below).
 #   encoder   f_g, the encoder output (our reading of the paper's "feature maps")
 #   backbone  the backbone map through its own 1x1 projection to d_model, without positions
 #             (not in the paper; keeps the maps spatial when the encoder's tokens grow alike)
