@@ -235,3 +235,22 @@ def test_gate_needs_margin_wins_and_a_falling_path():
     assert image_probe.gate(scores, np.asarray([1.0, 0.99]), moderate, "plain")["passed"]
     rising = image_probe.gate(scores, np.asarray([1.0, 1.01, 0.9]), moderate, "plain")
     assert not rising["monotonic"] and not rising["passed"]
+
+
+def test_centroid_oracle_places_translated_poses_exactly_and_noise_costs_error():
+    # Every pose is one template shifted by its own translation: the body's centre carries
+    # all of it, so the oracle's fitted map is exact, while the template is off by each shift.
+    rng = np.random.default_rng(0)
+    template = rng.uniform(-0.6, 0.6, (17, 2))
+    joints = template + rng.normal(0.0, 0.1, (120, 1, 2))
+    visible = np.ones((120, 17), bool)
+    train, held_out = (joints[:80], visible[:80]), (joints[80:], visible[80:])
+    body = (tuple(range(17)),)
+    exact = landmarks.centroid_oracle(train, held_out, 0.5, body)
+    assert exact["keypoint_joint_error"] == pytest.approx(0.0, abs=1e-5)  # the ridge
+    assert exact["template_joint_error"] > 0.05
+    noisy = landmarks.centroid_oracle(train, held_out, 0.5, body, noise=0.01)
+    assert 0.0 < noisy["keypoint_joint_error"] < exact["template_joint_error"]
+    centroids = landmarks.group_centroids(joints[:2], ((0, 1), (2,)))
+    np.testing.assert_allclose(centroids[:, 0], (joints[:2, 0] + joints[:2, 1]) / 2)
+    np.testing.assert_allclose(centroids[:, 1], joints[:2, 2])

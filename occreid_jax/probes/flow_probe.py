@@ -208,6 +208,22 @@ def reports_parts(config) -> bool:
     return model.name == "mat" and model.segmentation and model.keypoints != "none"
 
 
+def gallery_subset(gallery, image_size) -> tuple:
+    """(the first `GALLERY_LIMIT` gallery images as a `datasets.Split`, their eval-pipeline
+    images [M, H, W, 3]): the held-out images of the part report."""
+    count = min(len(gallery), GALLERY_LIMIT)
+    subset = dataclasses.replace(
+        gallery,
+        **{
+            f.name: getattr(gallery, f.name)[:count]
+            for f in dataclasses.fields(gallery)
+            if getattr(gallery, f.name) is not None
+        },
+    )
+    batches = pipeline.eval_batches(subset, image_size=image_size, batch_size=64, num_devices=1)
+    return subset, np.concatenate([b["images"][0][b["mask"][0]] for b in batches])
+
+
 def part_report(
     apply_fn, variables: dict, gallery, groups: Groups, settings, image_size
 ) -> dict[str, float]:
@@ -222,17 +238,7 @@ def part_report(
     `template_joint_error` (`landmarks.joint_errors`: fitted on the groups' images, measured
     on the gallery images).
     """
-    count = min(len(gallery), GALLERY_LIMIT)
-    subset = dataclasses.replace(
-        gallery,
-        **{
-            f.name: getattr(gallery, f.name)[:count]
-            for f in dataclasses.fields(gallery)
-            if getattr(gallery, f.name) is not None
-        },
-    )
-    batches = pipeline.eval_batches(subset, image_size=image_size, batch_size=64, num_devices=1)
-    images = np.concatenate([b["images"][0][b["mask"][0]] for b in batches])
+    subset, images = gallery_subset(gallery, image_size)
     gallery_aux = model_outputs(apply_fn, variables, images)
     stats = part_statistics(gallery_aux["segmentation"], gallery_aux.get("keypoints"))
     report = {f"gallery_{k}": float(v) for k, v in stats.items()}

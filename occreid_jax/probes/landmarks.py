@@ -102,3 +102,30 @@ def joint_errors(train: tuple, held_out: tuple, aspect: float) -> dict[str, floa
         "keypoint_joint_error": mean_error(predict(weights, kp, aspect), joints, visible, aspect),
         "template_joint_error": mean_error(template, joints, visible, aspect),
     }
+
+
+def group_centroids(joints: np.ndarray, groups) -> np.ndarray:
+    """[M, G, 2]: the mean of each group's joints ([M, 17, 2] in [-1, 1]), visible or not."""
+    return np.stack([joints[:, list(group)].mean(1) for group in groups], axis=1)
+
+
+def centroid_oracle(
+    train: tuple, held_out: tuple, aspect: float, groups, noise: float = 0.0, seed: int = 0
+) -> dict[str, float]:
+    """`joint_errors` of oracle keypoints: the exact centroids of the joint `groups` (one
+    group of all 17 joints is the body's centre), each shifted by Gaussian noise of std
+    `noise` image heights. What keypoints that sat exactly on such parts could reach.
+
+    Args:
+      train, held_out: (joints [M, 17, 2] in [-1, 1], visible [M, 17]) each.
+      aspect: image width / height.
+      groups: tuples of joint indices, one per keypoint.
+    """
+    rng = np.random.default_rng(seed)
+    unit_noise = noise / height_scale(aspect).astype(np.float64)
+
+    def keypoints(joints):
+        centroids = group_centroids(np.asarray(joints, np.float64), groups)
+        return centroids + rng.normal(size=centroids.shape) * unit_noise
+
+    return joint_errors((keypoints(train[0]), *train), (keypoints(held_out[0]), *held_out), aspect)
