@@ -138,6 +138,11 @@ ABLATIONS["reconstruction"] = {
     "feature L_fc, hourglass parts, MAT's keypoints": {"model.segment_features": "hourglass"},
     _BOTH: _BOTH_KEYPOINTS,
     "the same without L_fc (lambda6 = 0)": {**_BOTH_KEYPOINTS, "loss.consistency_weight": 0.0},
+    "the same with presence 10": {**_BOTH_KEYPOINTS, "loss.part_presence_weight": 10.0},
+    "image L_fc, hourglass parts and flow keypoints, MAT's kept for L_eq": {
+        **_IMAGE_TARGET,
+        **_BOTH_KEYPOINTS,
+    },
     "image L_fc, stride-4 parts": _IMAGE_TARGET,
     "image L_fc without the visibility map": {
         **_IMAGE_TARGET,
