@@ -40,7 +40,7 @@ _GROUPS = flags.DEFINE_integer(
 )
 _NOISE = flags.DEFINE_list("noise", ["0", "0.005", "0.01", "0.02"], "noise std, image heights")
 
-BODY = (tuple(range(17)),)
+BODY = landmarks.BODY_CENTRE
 LAYOUTS = {
     "body centre": BODY,
     "head, upper body, legs": COCO_GROUPS[3],

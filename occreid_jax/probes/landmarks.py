@@ -104,6 +104,10 @@ def joint_errors(train: tuple, held_out: tuple, aspect: float) -> dict[str, floa
     }
 
 
+# One group of all 17 joints: its centroid is the body's centre.
+BODY_CENTRE = (tuple(range(17)),)
+
+
 def group_centroids(joints: np.ndarray, groups) -> np.ndarray:
     """[M, G, 2]: the mean of each group's joints ([M, 17, 2] in [-1, 1]), visible or not."""
     return np.stack([joints[:, list(group)].mean(1) for group in groups], axis=1)
