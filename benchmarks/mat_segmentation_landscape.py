@@ -2,7 +2,8 @@
 
 On the (A, B) pairs of N training groups with ground-truth joints, with ground-truth part
 motions (each of the K = 10 limb groups of `probes/limb_flows.py` moves by the mean shift of
-its joints; identity Jacobians), this prints
+its joints, identity Jacobians; or, with `--motions=affine`, by the affine fitted to its
+joints, `limb_flows.group_motions`, as probe v2 moves its limbs), this prints
 
   * the loss (`losses/mat.reconstruction_terms`, visibility map from the ground-truth parts)
     under no motion and under the ground-truth part map at `--stride`: a check that the loss
@@ -23,6 +24,7 @@ network rows say which network escapes it.
 
   python -m benchmarks.mat_segmentation_landscape --config=configs/mat.py:synthetic \\
       --config.data.builder_config=tracklets_wide --groups=64 [--segmenter=hourglass --lr=1e-3]
+      [--motions=affine]
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ _SEGMENTER = flags.DEFINE_enum(
     "segmenter", "free", ["free", "stem", "hourglass"], "what holds A's segmentation"
 )
 _SEED = flags.DEFINE_integer("seed", 0, "initialisation of the network segmenters")
+_MOTIONS = flags.DEFINE_enum(
+    "motions", "translations", ["translations", "affine"], "each limb group's ground-truth motion"
+)
 
 PARTS = 10
 
@@ -89,7 +94,7 @@ def _segmenter(kind: str, images: jax.Array, stride: int, seed: int):
     return dict(variables), logits_fn
 
 
-def _pair_arrays(config, num_groups: int, stride: int):
+def _pair_arrays(config, num_groups: int, stride: int, affine: bool = False):
     run = Run(config, "/tmp/mat_segmentation_landscape")
     split = datasets.load_split(run.builder, "train", with_heatmaps=False)
     groups = flow_probe.collect_groups(config, split, num_groups, augment=True)
@@ -109,10 +114,22 @@ def _pair_arrays(config, num_groups: int, stride: int):
             num, height // stride, stride, width // stride, stride, PARTS + 1
         ).mean(axis=(2, 4))
 
-    keypoints = np.stack(
-        [np.stack([joints[:, i][:, list(g)].mean(1) for g in parts], 1) for i in (0, 1)], 1
-    ).reshape(-1, PARTS, 2)
-    return jnp.asarray(images), coarse(0), jnp.asarray(coarse(1)), jnp.asarray(keypoints)
+    centres = np.stack([joints[:, 0][:, list(g)].mean(1) for g in parts], 1)  # [N, K, 2]
+    if affine:
+        motions = limb_flows.group_motions(joints[:, 0], joints[:, 1], parts, aspect=width / height)
+    else:  # the mean shift of each group's joints
+        shifts = np.stack([joints[:, 1][:, list(g)].mean(1) for g in parts], 1) - centres
+        eye = np.broadcast_to(np.eye(2), (num, PARTS, 2, 2))
+        motions = np.concatenate([eye, shifts[..., None]], -1)
+    keypoints, jacobians = limb_flows.as_keypoints(motions, centres)
+    keypoints, jacobians = keypoints.reshape(-1, PARTS, 2), jacobians.reshape(-1, PARTS, 2, 2)
+    return (
+        jnp.asarray(images),
+        coarse(0),
+        jnp.asarray(coarse(1)),
+        jnp.asarray(keypoints),
+        jnp.asarray(jacobians, jnp.float32),
+    )
 
 
 def main(argv):
@@ -120,8 +137,9 @@ def main(argv):
     config = _CONFIG.value
     if _GROUPS.value < 1 or _STRIDE.value < 1 or _STEPS.value < 0 or not _LR.value > 0:
         raise UserError("--groups, --stride and --lr must be positive, --steps >= 0")
-    images, truth_a, seg_b, keypoints = _pair_arrays(config, _GROUPS.value, _STRIDE.value)
-    jacobians = jnp.broadcast_to(jnp.eye(2), (len(keypoints), PARTS, 2, 2))
+    images, truth_a, seg_b, keypoints, jacobians = _pair_arrays(
+        config, _GROUPS.value, _STRIDE.value, _MOTIONS.value == "affine"
+    )
 
     def loss_of(seg_a):
         seg = jnp.stack([seg_a, seg_b], 1).reshape(-1, *seg_a.shape[1:])

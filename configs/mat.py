@@ -143,6 +143,16 @@ ABLATIONS["reconstruction"] = {
         **_IMAGE_TARGET,
         **_BOTH_KEYPOINTS,
     },
+    # Side-view tracklets ("tracklets_side"): the limbs swing in the image plane between frames.
+    "both keypoint sets, side-view tracklets": {
+        **_BOTH_KEYPOINTS,
+        "data.builder_config": "tracklets_side",
+    },
+    "image L_fc, both keypoint sets, side-view tracklets": {
+        **_IMAGE_TARGET,
+        **_BOTH_KEYPOINTS,
+        "data.builder_config": "tracklets_side",
+    },
     "image L_fc, stride-4 parts": _IMAGE_TARGET,
     "image L_fc without the visibility map": {
         **_IMAGE_TARGET,

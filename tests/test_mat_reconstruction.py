@@ -219,6 +219,26 @@ def test_compose_flow_moves_each_part_with_its_motion_and_keeps_the_background()
     np.testing.assert_allclose(flow[0, 2:, 2:], grid[2:, 2:], atol=1e-6)
 
 
+def test_motions_as_keypoints_and_jacobians_move_points_by_the_motions_themselves():
+    """FOMM's part motion `kp_X + J_X J_A^-1 (z - kp_A)` built from `as_keypoints` is the
+    affine `M z + o`, wherever the keypoint sits: a rotation by 90 degrees about the origin
+    plus a shift sends (0.5, 0) to (0.1, 0.7) and (0, 0.5) to (-0.4, 0.2)."""
+    rotation = np.asarray([[0.0, -1.0], [1.0, 0.0]])
+    motions = np.zeros((1, 2, 2, 3))
+    motions[0, 0] = np.concatenate([rotation, [[0.1], [0.2]]], 1)
+    motions[0, 1] = np.concatenate([2.0 * np.eye(2), [[0.0], [-0.3]]], 1)
+    centres = np.asarray([[[0.3, -0.4], [-0.7, 0.1]]])
+    keypoints, jacobians = limb_flows.as_keypoints(motions, centres)
+    assert keypoints.shape == (1, 2, 2, 2) and jacobians.shape == (1, 2, 2, 2, 2)
+    points = jnp.asarray([[[0.5, 0.0], [0.0, 0.5]]])
+    moved = motion.part_motions(
+        points, jnp.asarray(keypoints[:, 1]), jnp.asarray(jacobians[:, 1]),
+        jnp.asarray(keypoints[:, 0]), jnp.asarray(jacobians[:, 0]),
+    )  # fmt: skip
+    np.testing.assert_allclose(moved[0, :, 0], [[0.1, 0.7], [-0.4, 0.2]], atol=1e-6)
+    np.testing.assert_allclose(moved[0, :, 1], [[1.0, -0.3], [0.0, 0.7]], atol=1e-6)
+
+
 def test_gate_needs_margin_wins_and_a_falling_path():
     body = np.asarray([1.0, 1.0, 1.0, 1.0])
     limbs = np.asarray([0.85, 0.85, 0.85, 1.1])

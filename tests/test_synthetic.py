@@ -166,6 +166,40 @@ def test_a_tracklet_keeps_view_and_background_while_the_walk_advances():
     assert same < 0.5 * np.abs(other.image[: int(top)].astype(np.float32) - skies[0]).mean()
 
 
+def test_side_view_tracklets_swing_the_legs_in_the_image_plane():
+    """A front or back walk turned to the side: both shoulders at one image x (the skeleton
+    puts them on the body's axis in side views), and the ankles' horizontal gap changes from
+    frame to frame, where seen from the front it stays the hips' width."""
+    camera = render.sample_camera(np.random.default_rng(1), 128, 64)
+    identity = render.sample_identity(np.random.default_rng(2))
+    seed = next(  # a walk the camera shows from the front or back
+        s
+        for s in range(50)
+        for f in render.render_tracklet(np.random.default_rng(s), identity, camera, 128, 64, [0])
+        if abs(f.keypoints[5, 0] - f.keypoints[6, 0]) > 3
+    )
+
+    def walk(side_view):
+        frames = render.render_tracklet(
+            np.random.default_rng(seed),
+            identity,
+            camera,
+            128,
+            64,
+            [False] * 5,
+            phase_step=(0.8, 1.6),
+            side_view=side_view,
+        )
+        shoulders = [abs(f.keypoints[5, 0] - f.keypoints[6, 0]) for f in frames]
+        gaps = [f.keypoints[15, 0] - f.keypoints[16, 0] for f in frames]
+        return max(shoulders), np.ptp(gaps)
+
+    front_shoulders, front_gap_range = walk(False)
+    side_shoulders, side_gap_range = walk(True)
+    assert front_shoulders > 3 and side_shoulders < 1e-6
+    assert side_gap_range > 5 and front_gap_range < 1  # pixels of the 128 x 64 image
+
+
 def test_tracklets_change_only_the_train_split(tmp_path, tiny):
     config = synthetic.SyntheticOccludedReidConfig(
         **{**_tiny_fields(), "name": "tiny_tracklets", "tracklets": True}

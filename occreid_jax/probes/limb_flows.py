@@ -198,6 +198,25 @@ def _unscaled(matrix, offset, scale) -> np.ndarray:
     return np.concatenate([m, (offset / scale)[:, None]], axis=1)
 
 
+def as_keypoints(motions: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Motions of A onto X as FOMM keypoints and Jacobians whose part motion is the motion.
+
+    `motion.part_motions` moves a point z of A by `kp_X + J_X J_A^-1 (z - kp_A)`; with
+    `kp_A = c`, `J_A = I`, `kp_X = M c + o` and `J_X = M` that is `M z + o` exactly.
+
+    Args:
+      motions: [N, K, 2, 3] ([matrix | offset], `group_motions`).
+      centres: [N, K, 2] where each part's keypoint sits in A (any point gives the same motion).
+
+    Returns:
+      keypoints [N, 2, K, 2] and Jacobians [N, 2, K, 2, 2], A's first, then X's.
+    """
+    matrices, offsets = motions[..., :2], motions[..., 2]
+    moved = np.einsum("nkij,nkj->nki", matrices, centres) + offsets
+    eye = np.broadcast_to(np.eye(2), matrices.shape)
+    return np.stack([centres, moved], 1), np.stack([eye, matrices], 1)
+
+
 def apply_motions(motions: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Every motion applied at every pixel: [N, G, 2, 3] -> [N, G, H, W, 2]."""
     grid = _grid(len(motions), size)

@@ -79,6 +79,8 @@ class SyntheticOccludedReidConfig(tfds.core.BuilderConfig):
     # instead of independent images; the test splits are unchanged.
     tracklets: bool = False
     tracklet_phase_step: tuple[float, float] = (0.3, 0.6)  # radians per frame
+    # Every tracklet a side view, so limbs swing in the image plane (`render.render_tracklet`).
+    tracklet_side_view: bool = False
     seed: int = 0
 
     def validate(self) -> None:
@@ -190,6 +192,13 @@ class SyntheticOccludedReid(tfds.core.GeneratorBasedBuilder):
             description="tracklets, with larger steps of the walking phase between frames.",
             tracklets=True,
             tracklet_phase_step=(0.8, 1.6),
+        ),
+        SyntheticOccludedReidConfig(
+            name="tracklets_side",
+            description="tracklets_wide, every tracklet seen from the side (limbs swing in view).",
+            tracklets=True,
+            tracklet_phase_step=(0.8, 1.6),
+            tracklet_side_view=True,
         ),
         SyntheticOccludedReidConfig(
             name="tiny",
@@ -304,6 +313,7 @@ def _render_tracklets(
             [s.occluded for s in members],
             tuple(cfg.occluded_fraction),
             tuple(cfg.tracklet_phase_step),
+            side_view=cfg.tracklet_side_view,
         )
         frames.update({(pid, s.index): out for s, out in zip(members, rendered, strict=True)})
     return frames

@@ -122,6 +122,7 @@ def render_tracklet(
     fraction_range: tuple[float, float] = (0.2, 0.6),
     phase_step: tuple[float, float] = (0.3, 0.6),
     drift: float = 0.15,
+    side_view: bool = False,
 ) -> list[Rendered]:
     """Consecutive frames of one walk seen by one fixed camera window (a tracklet).
 
@@ -134,12 +135,17 @@ def render_tracklet(
 
     Args:
       occluded: one flag per frame (the tracklet's length).
+      side_view: turn a front view to the right and a back view to the left, so that every
+        walk crosses the image and its legs and arms swing in the image plane (in front and
+        back views they swing in depth). Draws nothing more from `rng`.
 
     Returns:
       One `Rendered` per frame, in walking order.
     """
     ch, cw = height * SUPERSAMPLE, width * SUPERSAMPLE
     pose = sample_pose(rng, camera, identity, ch, cw)
+    if side_view and not pose.side:
+        pose = dataclasses.replace(pose, view="right" if pose.view == "front" else "left")
     x0 = int(rng.integers(0, camera.background.shape[1] - cw + 1))
     steps = rng.uniform(*phase_step, max(len(occluded) - 1, 0))
     phases = np.concatenate([[0.0], np.cumsum(steps)])
