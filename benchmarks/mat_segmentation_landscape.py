@@ -10,8 +10,9 @@ joints, `limb_flows.group_motions`, as probe v2 moves its limbs), this prints
     rewards the right flow;
   * then optimises A's segmentation at that stride by Adam and reports every 50 steps the
     loss, the share of person pixels that went to the background, the share that went to
-    their own limb group, and the parts that win per image. `--segmenter` picks what holds
-    the segmentation:
+    their own limb group (also within the busier and the flatter half of the person's cells,
+    split at the median image-gradient magnitude), and the parts that win per image.
+    `--segmenter` picks what holds the segmentation:
       free       per-pixel logits, no network, from uniform;
       stem       a conv stem to stride 4 (two 3x3 stride-2 convs, BatchNorm, ReLU) and a 1x1
                  head: like MAT's head, one linear map of shallow features for every pixel;
@@ -132,6 +133,15 @@ def _pair_arrays(config, num_groups: int, stride: int, affine: bool = False):
     )
 
 
+def _texture(images: np.ndarray, stride: int) -> np.ndarray:
+    """[N, H/stride, W/stride] mean image-gradient magnitude (grey levels) of each cell."""
+    grey = np.asarray(images, np.float32).mean(-1)
+    gy, gx = np.gradient(grey, axis=(1, 2))
+    num, height, width = grey.shape
+    cells = np.hypot(gx, gy).reshape(num, height // stride, stride, width // stride, stride)
+    return cells.mean(axis=(2, 4))
+
+
 def main(argv):
     del argv
     config = _CONFIG.value
@@ -179,6 +189,9 @@ def main(argv):
 
     truth = truth_a.argmax(-1)
     person = truth > 0
+    texture = _texture(images_a, _STRIDE.value)
+    textured = person & (texture > np.median(texture[person]))  # the busier half of the person
+    flat = person & ~textured
     for i in range(_STEPS.value + 1):
         trained, variables, state, value, logits = step(trained, variables, state)
         if i % 50 == 0 or i == _STEPS.value:
@@ -187,7 +200,9 @@ def main(argv):
             print(
                 f"step {i}: loss {float(value):.4f}, person pixels to background "
                 f"{np.mean(winner[person] == 0):.0%}, to their own limb "
-                f"{np.mean(winner[person] == truth[person]):.0%}, parts per image {parts:.1f}"
+                f"{np.mean(winner[person] == truth[person]):.0%} (textured half "
+                f"{np.mean(winner[textured] == truth[textured]):.0%}, flat half "
+                f"{np.mean(winner[flat] == truth[flat]):.0%}), parts per image {parts:.1f}"
             )
 
 
