@@ -46,7 +46,7 @@ from occreid_jax.data import datasets
 from occreid_jax.errors import UserError
 from occreid_jax.losses.mat import reconstruction_terms
 from occreid_jax.nets.hourglass import CoPartPredictor
-from occreid_jax.probes import flow_probe, limb_flows
+from occreid_jax.probes import flow_probe, landmarks, limb_flows
 from occreid_jax.training.run import Run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "MAT config file and variant.")
@@ -115,11 +115,11 @@ def _pair_arrays(config, num_groups: int, stride: int, affine: bool = False):
             num, height // stride, stride, width // stride, stride, PARTS + 1
         ).mean(axis=(2, 4))
 
-    centres = np.stack([joints[:, 0][:, list(g)].mean(1) for g in parts], 1)  # [N, K, 2]
+    centres = landmarks.group_centroids(joints[:, 0], parts)  # [N, K, 2]
     if affine:
         motions = limb_flows.group_motions(joints[:, 0], joints[:, 1], parts, aspect=width / height)
     else:  # the mean shift of each group's joints
-        shifts = np.stack([joints[:, 1][:, list(g)].mean(1) for g in parts], 1) - centres
+        shifts = landmarks.group_centroids(joints[:, 1], parts) - centres
         eye = np.broadcast_to(np.eye(2), (num, PARTS, 2, 2))
         motions = np.concatenate([eye, shifts[..., None]], -1)
     keypoints, jacobians = limb_flows.as_keypoints(motions, centres)

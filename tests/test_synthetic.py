@@ -175,7 +175,9 @@ def test_side_view_tracklets_swing_the_legs_in_the_image_plane():
     seed = next(  # a walk the camera shows from the front or back
         s
         for s in range(50)
-        for f in render.render_tracklet(np.random.default_rng(s), identity, camera, 128, 64, [0])
+        for f in render.render_tracklet(
+            np.random.default_rng(s), identity, camera, 128, 64, [False]
+        )
         if abs(f.keypoints[5, 0] - f.keypoints[6, 0]) > 3
     )
 
