@@ -12,6 +12,7 @@ from occreid_jax import families
 from occreid_jax.errors import UserError
 from occreid_jax.losses.objectives import MatLossConfig, mat_objective
 from occreid_jax.nets.mat import COCO_GROUPS, group_heatmaps
+from occreid_jax.nets.mat_heads import LIMB_KEYPOINT_GROUPS
 from occreid_jax.training.train import create_train_state, parallel_train_step
 
 IMAGE = (64, 32)  # resnet_tiny: 4 x 2 feature maps
@@ -135,6 +136,29 @@ def test_group_heatmaps_put_keypoints_on_their_joints():
     assert np.unravel_index(grouped[0, ..., left_leg].argmax(), (4, 2)) == (3, 0)
     # A group with no visible joint is uniform.
     np.testing.assert_allclose(grouped[0, ..., 0], 1.0 / 8, rtol=1e-4)
+
+
+def test_limb_keypoint_groups_put_a_keypoint_on_each_limb():
+    # Shoulder (row 2, column 6) and elbow (row 6, column 6): with "limbs" the upper arm's
+    # keypoint sits between them, where "coco" gives the shoulder its own keypoint.
+    heatmaps = np.zeros((1, 16, 8, 17), np.float32)
+    heatmaps[0, 2, 6, 5] = heatmaps[0, 6, 6, 7] = 1.0
+    limbs = group_heatmaps(jnp.asarray(heatmaps), (16, 8), 10, "limbs")
+    coco = group_heatmaps(jnp.asarray(heatmaps), (16, 8), 10, "coco")
+    upper_arm = LIMB_KEYPOINT_GROUPS[10].index((5, 7))
+    shoulder = COCO_GROUPS[10].index((5,))
+    rows = np.arange(16, dtype=np.float32)
+    assert float(np.sum(np.asarray(limbs)[0, :, :, upper_arm].sum(1) * rows)) == pytest.approx(
+        4.0, abs=0.05
+    )
+    assert float(np.sum(np.asarray(coco)[0, :, :, shoulder].sum(1) * rows)) == pytest.approx(
+        2.0, abs=0.05
+    )
+
+
+def test_keypoint_groups_are_checked():
+    with pytest.raises(UserError, match="keypoint_groups"):
+        families.build_model("mat", num_classes=5, **{**TINY, "keypoint_groups": "joints"})
 
 
 def test_heatmap_keypoints_follow_the_given_heatmaps():

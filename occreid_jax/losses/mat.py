@@ -218,6 +218,32 @@ def visibility_map(foreground_source: jax.Array, foreground_target: jax.Array) -
     return jax.lax.stop_gradient(1.0 - fg_s * (1.0 - fg_t))
 
 
+def warped_pyramid(
+    target: jax.Array, source: jax.Array, flow: jax.Array, weight: jax.Array, scales=PYRAMID_SCALES
+) -> jax.Array:
+    """`l1_pyramid` with the warp inside the pyramid (not in any paper): at each scale the
+    source averaged to 1/scale is read through the flow averaged to that size, so a coarse
+    level's gradient reaches sampling positions `scale` pixels off, where the pyramid of the
+    warped image only sees one pixel around each.
+
+    Args:
+      target, source: [B, H, W, C] (H, W divisible by every scale).
+      flow: [B, H, W, 2] sampling coordinates in `source` ([-1, 1]).
+      weight: [B, H, W, 1].
+
+    Returns:
+      [B] float32, as `l1_pyramid`.
+    """
+    total = 0.0
+    for factor in scales:
+        t, s, f, v = (
+            average_pool(x.astype(jnp.float32), factor) for x in (target, source, flow, weight)
+        )
+        warped = motion.grid_sample(s, f, padding="border")
+        total = total + jnp.mean(v * jnp.abs(t - warped), axis=(1, 2, 3))
+    return total / len(scales)
+
+
 def upsample_flow(flow: jax.Array, size: tuple[int, int]) -> jax.Array:
     """A flow [B, h, w, 2] (sampling coordinates) at a finer grid `size`: its displacement
     resized bilinearly, as co-part segmentation interpolates its deformation."""
@@ -281,12 +307,16 @@ def reconstruction_terms(
     pairs: str = "all",
     visibility: bool = True,
     flow_segmentation: jax.Array | None = None,
+    scales=PYRAMID_SCALES,
+    warp_levels: bool = False,
 ) -> jax.Array:
     """`reconstruction_loss` per pair: [groups, X per group] float32.
 
     `flow_segmentation` ([B, h', w', K+1], default `segmentation`) composes the flow in
     place of the segmentation; the visibility map still comes from `segmentation`, so flows
-    can be compared under one weighting (the flow probe's reference flows).
+    can be compared under one weighting (the flow probe's reference flows). `scales`: the L1
+    pyramid's; `warp_levels` warps each level of X's pyramid (`warped_pyramid`) rather than
+    taking the pyramid of X warped at full size (`l1_pyramid`).
     """
     anchors, sources, others = pair_views(images.shape[0], group_size, pairs)
     size = images.shape[1:3]
@@ -305,7 +335,8 @@ def reconstruction_terms(
         anchors(jacobians),
     ).reshape(num, height, width, 2)
     flow = upsample_flow(flow, size)
-    warped = motion.grid_sample(sources(images).astype(jnp.float32), flow, padding="border")
+    if not warp_levels:  # else warped level by level below
+        warped = motion.grid_sample(sources(images).astype(jnp.float32), flow, padding="border")
     if visibility:
 
         def foreground(seg):
@@ -316,8 +347,12 @@ def reconstruction_terms(
             foreground(sources(segmentation)), foreground(anchors(segmentation))
         )
     else:
-        weight = jnp.ones((*warped.shape[:3], 1), jnp.float32)
-    return l1_pyramid(anchors(images), warped, weight).reshape(-1, others)
+        weight = jnp.ones((*flow.shape[:3], 1), jnp.float32)
+    if warp_levels:
+        terms = warped_pyramid(anchors(images), sources(images), flow, weight, scales)
+    else:
+        terms = l1_pyramid(anchors(images), warped, weight, scales)
+    return terms.reshape(-1, others)
 
 
 def part_diversity_loss(segmentation: jax.Array) -> jax.Array:

@@ -125,6 +125,7 @@ class Mat(nn.Module):
     segment_stage: int = 4
     keypoint_features: str = "encoder"
     segmentation_prior_sigma: float = 0.0
+    keypoint_groups: str = "coco"
     segment_context: bool = False
     hourglass_stride: int = 4
     hourglass_expansion: int = 32
@@ -307,7 +308,7 @@ class Mat(nn.Module):
                 logits = maps[0]
             points, heat = motion.soft_argmax(logits, self.temperature)
         elif heatmaps is not None:
-            heat = group_heatmaps(heatmaps, size, k)
+            heat = group_heatmaps(heatmaps, size, k, self.keypoint_groups)
             points = motion.expected_position(heat)
         elif train:
             raise UserError(

@@ -4,7 +4,7 @@ error a bad combination gets (`config_problems`), kept apart from the network in
 
 from __future__ import annotations
 
-from occreid_jax.nets.mat_heads import COCO_GROUPS
+from occreid_jax.nets.mat_heads import KEYPOINT_GROUPS
 
 # model.keypoints: where the keypoints of the motion flow come from.
 #   self_supervised  MAT: keypoint queries and heatmaps trained by the equivariance loss
@@ -46,10 +46,16 @@ def config_problems(model) -> list[str]:
         problems.append(
             f"unknown model.keypoints {model.keypoints!r}; use one of {KEYPOINT_SOURCES}"
         )
-    if model.keypoints == "heatmaps" and model.num_parts not in COCO_GROUPS:
+    groups = KEYPOINT_GROUPS.get(model.keypoint_groups)
+    if groups is None:
         problems.append(
-            f"model.keypoints='heatmaps' groups the 17 COCO joints into "
-            f"{tuple(COCO_GROUPS)} parts; set model.num_parts to one of them"
+            f"unknown model.keypoint_groups {model.keypoint_groups!r}; "
+            f"use one of {tuple(KEYPOINT_GROUPS)}"
+        )
+    elif model.keypoints == "heatmaps" and model.num_parts not in groups:
+        problems.append(
+            f"model.keypoints='heatmaps' with keypoint_groups={model.keypoint_groups!r} groups "
+            f"the 17 COCO joints into {tuple(groups)} parts; set model.num_parts to one of them"
         )
     if model.position_embedding not in POSITION_EMBEDDINGS:
         problems.append(

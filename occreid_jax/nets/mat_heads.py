@@ -16,6 +16,17 @@ COCO_GROUPS = {
     10: ((0, 1, 2, 3, 4), (5,), (6,), (7,), (8,), (9,), (10,), (11, 12), (13, 15), (14, 16)),
     17: tuple((j,) for j in range(17)),
 }
+# Not in the paper: model.keypoint_groups="limbs" puts each keypoint on a rigid limb (head,
+# torso, upper and lower arms and legs), the groups whose motions the image-space flow probe
+# moves; COCO_GROUPS' K = 10 spends seven keypoints above the hips and one per leg.
+LIMB_KEYPOINT_GROUPS = {
+    5: ((0, 1, 2, 3, 4, 5, 6, 11, 12), (5, 7, 9), (6, 8, 10), (11, 13, 15), (12, 14, 16)),
+    10: (
+        (0, 1, 2, 3, 4), (5, 6, 11, 12), (5, 7), (7, 9), (6, 8), (8, 10),
+        (11, 13), (13, 15), (12, 14), (14, 16),
+    ),
+}  # fmt: skip
+KEYPOINT_GROUPS = {"coco": COCO_GROUPS, "limbs": LIMB_KEYPOINT_GROUPS}
 
 
 def identity_jacobian_bias(num_keypoints: int):
@@ -41,13 +52,16 @@ class MLPHead(nn.Module):
         return nn.sigmoid(x)
 
 
-def group_heatmaps(heatmaps: jax.Array, size: tuple[int, int], num_keypoints: int) -> jax.Array:
+def group_heatmaps(
+    heatmaps: jax.Array, size: tuple[int, int], num_keypoints: int, groups: str = "coco"
+) -> jax.Array:
     """COCO heatmaps -> K spatial distributions at the feature resolution.
 
     Args:
       heatmaps: [B, H/4, W/4, 17] pose heatmaps (0..1).
       size: (h, w) of the feature map.
-      num_keypoints: K, a key of `COCO_GROUPS`.
+      num_keypoints: K, a key of `KEYPOINT_GROUPS[groups]`.
+      groups: "coco" (`COCO_GROUPS`) or "limbs" (`LIMB_KEYPOINT_GROUPS`).
 
     Returns:
       [B, h, w, K] float32, each channel summing to 1: the group's summed heatmaps resized
@@ -60,7 +74,8 @@ def group_heatmaps(heatmaps: jax.Array, size: tuple[int, int], num_keypoints: in
     )
     maps = jnp.maximum(maps, 0.0)
     grouped = jnp.stack(
-        [maps[..., list(group)].sum(-1) for group in COCO_GROUPS[num_keypoints]], axis=-1
+        [maps[..., list(group)].sum(-1) for group in KEYPOINT_GROUPS[groups][num_keypoints]],
+        axis=-1,
     )
     grouped = grouped + 1e-6
     return grouped / grouped.sum(axis=(1, 2), keepdims=True)

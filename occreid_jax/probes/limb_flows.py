@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from occreid_jax import motion
+from occreid_jax.nets.mat_heads import LIMB_KEYPOINT_GROUPS
 
 # COCO's 19 skeleton bones (0 nose, 1-2 eyes, 3-4 ears, 5-6 shoulders, 7-8 elbows, 9-10
 # wrists, 11-12 hips, 13-14 knees, 15-16 ankles).
@@ -34,20 +35,18 @@ COCO_BONES = (
 )  # fmt: skip
 TORSO = (5, 6, 12, 11)  # the torso quadrilateral, in drawing order
 
-# Rigid groups of joints for K parts. Each group moves by one motion fitted to its joints;
-# a bone belongs to the group holding both its ends (the neck bones, ear to shoulder, to the
-# head), and torso-quadrilateral pixels to the group holding the four torso joints.
-LIMB_GROUPS = {
-    5: ((0, 1, 2, 3, 4, 5, 6, 11, 12), (5, 7, 9), (6, 8, 10), (11, 13, 15), (12, 14, 16)),
-    10: (
-        (0, 1, 2, 3, 4), (5, 6, 11, 12), (5, 7), (7, 9), (6, 8), (8, 10),
-        (11, 13), (13, 15), (12, 14), (14, 16),
-    ),
-}  # fmt: skip
+# Rigid groups of joints for K parts (MAT's `model.keypoint_groups="limbs"`). Each group moves
+# by one motion fitted to its joints; a bone belongs to the group holding both its ends (the
+# neck bones, ear to shoulder, to the head), and torso-quadrilateral pixels to the group
+# holding the four torso joints.
+LIMB_GROUPS = LIMB_KEYPOINT_GROUPS
 
-# Not in any paper: the synthetic people's limbs are 0.05-0.07 person heights wide, their
-# heads about 0.14 tall; a person fills most of the crop's height.
-LIMB_RADIUS = 0.045
+# Not in any paper: the synthetic people's limbs are 0.05-0.07 person heights wide (plus a
+# one-pixel outline), their heads about 0.14 tall; a person fills most of the crop's height.
+# Against the drawn people (80 front and back, 80 side views, 128 x 64), a limb radius of
+# 0.035 puts 85% of the mask's pixels on the person and covers 95% (front, back) and 88%
+# (side) of it; 0.045 put only 76% on the person, a margin of background moving with limbs.
+LIMB_RADIUS = 0.035
 HEAD_RADIUS = 0.07
 
 
@@ -133,8 +132,10 @@ def part_map(
 
 def fit_affine(source: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None):
     """The motion mapping points `source` [J, 2] onto `target` [J, 2]: least-squares affine
-    with four or more (weighted) points, the exact similarity (rotation, scale, shift) from
-    two or three, a translation from one.
+    with four or more (weighted) points that span the plane, the least-squares similarity
+    (rotation, scale, shift) from two or three or from points on one line (a side view's
+    torso: the shoulders coincide, and so do the hips; an affine's scale across that line
+    would be undetermined), a translation from one.
 
     Returns:
       (matrix [2, 2], offset [2]) with `target ~ source @ matrix.T + offset`.
@@ -149,7 +150,7 @@ def fit_affine(source: np.ndarray, target: np.ndarray, weights: np.ndarray | Non
     if len(src) == 1:
         return np.eye(2), mean_t - mean_s
     s, t = src - mean_s, tgt - mean_t
-    if len(src) >= 4:
+    if len(src) >= 4 and not _collinear(s, w):
         design = s * np.sqrt(w)[:, None]
         matrix, *_ = np.linalg.lstsq(design, t * np.sqrt(w)[:, None], rcond=None)
         matrix = matrix.T
@@ -159,6 +160,18 @@ def fit_affine(source: np.ndarray, target: np.ndarray, weights: np.ndarray | Non
         b = np.sum(w * (s[:, 0] * t[:, 1] - s[:, 1] * t[:, 0])) / max(denom, 1e-12)
         matrix = np.asarray([[a, -b], [b, a]])
     return matrix, mean_t - mean_s @ matrix.T
+
+
+# Not in any paper: source points whose spread across their main axis is under this fraction
+# of the spread along it count as one line (the synthetic people's joint groups that span the
+# plane sit at 0.1 or more; a side view's torso at 0).
+COLLINEAR_RATIO = 0.05
+
+
+def _collinear(centred: np.ndarray, weights: np.ndarray) -> bool:
+    """Whether centred points [J, 2] (weights [J]) lie on one line (`COLLINEAR_RATIO`)."""
+    spread = np.linalg.svd(centred * np.sqrt(weights)[:, None], compute_uv=False)
+    return bool(spread[1] <= COLLINEAR_RATIO * spread[0])
 
 
 def group_motions(joints_a, joints_x, groups, visible=None, aspect: float = 0.5) -> np.ndarray:
