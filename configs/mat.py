@@ -127,6 +127,15 @@ _HOURGLASS = {
     "model.segment_features": "hourglass",
     "model.keypoint_features": "segment",
 }
+_GROUND_TRUTH_PRIOR_SIDE = {
+    **_IMAGE_TARGET,
+    "model.keypoint_features": "segment",
+    "model.keypoints": "heatmaps",
+    "pose.source": "ground_truth",
+    "model.segment_features": "hourglass",
+    "model.segmentation_prior_sigma": 0.15,
+    "data.builder_config": "tracklets_side",
+}
 _BOTH = "feature L_fc, hourglass parts and flow keypoints, MAT's kept for L_eq"
 _BOTH_KEYPOINTS = {"model.segment_features": "hourglass", "model.keypoint_features": "both"}
 ABLATIONS["reconstruction"] = {
@@ -187,23 +196,11 @@ ABLATIONS["reconstruction"] = {
     },
     # Keypoints on the limbs lead the image L_fc into the limb partition's basin (README,
     # "The segmentation landscape"): pose-heatmap keypoints, learned Jacobians, the prior.
-    "image L_fc, ground-truth keypoints, hourglass, prior 0.15, side-view tracklets": {
-        **_IMAGE_TARGET,
-        "model.keypoint_features": "segment",
-        "model.keypoints": "heatmaps",
-        "pose.source": "ground_truth",
-        "model.segment_features": "hourglass",
-        "model.segmentation_prior_sigma": 0.15,
-        "data.builder_config": "tracklets_side",
-    },
+    "image L_fc, ground-truth keypoints, hourglass, prior 0.15, side-view tracklets": (
+        _GROUND_TRUTH_PRIOR_SIDE
+    ),
     "the same, keypoints on the limbs": {
-        **_IMAGE_TARGET,
-        "model.keypoint_features": "segment",
-        "model.keypoints": "heatmaps",
-        "pose.source": "ground_truth",
-        "model.segment_features": "hourglass",
-        "model.segmentation_prior_sigma": 0.15,
-        "data.builder_config": "tracklets_side",
+        **_GROUND_TRUTH_PRIOR_SIDE,
         "model.keypoint_groups": "limbs",
     },
     "hourglass parts, keypoints and Jacobians": _HOURGLASS,
