@@ -223,11 +223,12 @@ def main(argv):
     if _GROUPS.value < 1 or _STRIDE.value < 1 or _STEPS.value < 0 or not _LR.value > 0:
         raise UserError("--groups, --stride and --lr must be positive, --steps >= 0")
     scales = tuple(int(s) for s in _SCALES.value)
+    size = tuple(config.data.image_size)
+    if min(scales) < 1 or any(side % max(scales) for side in size):
+        raise UserError(f"--scales must be positive and divide the image size {size}")
     images, truth_a, seg_b, keypoints, jacobians, motions = _pair_arrays(
         config, _GROUPS.value, _STRIDE.value, _MOTIONS.value == "affine"
     )
-    if min(scales) < 1 or images.shape[1] % max(scales) or images.shape[2] % max(scales):
-        raise UserError(f"--scales must be positive and divide the image size {images.shape[1:3]}")
 
     def loss_of(seg_a):
         seg = jnp.stack([seg_a, seg_b], 1).reshape(-1, *seg_a.shape[1:])
