@@ -7,7 +7,8 @@ joints, `limb_flows.group_motions`, as probe v2 moves its limbs), this prints
 
   * the loss (`losses/mat.reconstruction_terms`, visibility map from the ground-truth parts)
     under no motion and under the ground-truth part map at `--stride`: a check that the loss
-    rewards the right flow;
+    rewards the right flow; with `--merges`, also under that map with limbs merged (`MERGES`:
+    the head into the torso, the arms into it, ...), what each limb of the partition is worth;
   * then optimises A's segmentation at that stride by Adam and reports every 50 steps the
     loss, the share of person pixels that went to the background, the share that went to
     their own limb group (also within the busier and the flatter half of the person's cells,
@@ -36,7 +37,7 @@ network rows say which network escapes it.
 
   python -m benchmarks.mat_segmentation_landscape --config=configs/mat.py:synthetic \\
       --config.data.builder_config=tracklets_wide --groups=64 [--segmenter=hourglass --lr=1e-3]
-      [--motions=affine] [--start=limbs|keypoints] [--scales=1,2,4,8 --warp_levels]
+      [--motions=affine] [--start=limbs|keypoints] [--scales=1,2,4,8 --warp_levels] [--merges]
 """
 
 from __future__ import annotations
@@ -90,6 +91,20 @@ _MOTIONS = flags.DEFINE_enum(
 )
 
 PARTS = 10
+_MERGES_FLAG = flags.DEFINE_bool(
+    "merges", False, "also print the loss of the limb partition with limbs merged (`MERGES`)"
+)
+# The limb partition with limbs merged, (part, [parts it takes]), 0-based limb indices: head,
+# torso, left upper arm, forearm, right upper arm, forearm, left thigh, shin, right thigh, shin.
+MERGES = {
+    "head into torso": [(1, [0])],
+    "forearms into upper arms": [(2, [3]), (4, [5])],
+    "arms into torso": [(1, [2, 3, 4, 5])],
+    "thighs into torso": [(1, [6, 8])],
+    "shins into thighs": [(6, [7]), (8, [9])],
+    "head, arms and thighs into torso": [(1, [0, 2, 3, 4, 5, 6, 8])],
+    "every limb into torso": [(1, [0, 2, 3, 4, 5, 6, 7, 8, 9])],
+}
 
 
 class _Stem(nn.Module):
@@ -250,6 +265,14 @@ def main(argv):
         f"{_GROUPS.value} pairs, stride {_STRIDE.value}: no motion {float(no_motion):.4f}, "
         f"ground-truth parts {float(loss_of(jnp.asarray(truth_a))):.4f}"
     )
+    if _MERGES_FLAG.value:
+        partition = float(loss_of(jnp.asarray(truth_a)))
+        for name, merges in MERGES.items():
+            value = float(loss_of(jnp.asarray(limb_flows.merge_parts(truth_a, merges))))
+            print(
+                f"  {name:34s} {value:.4f} ({value / partition - 1:+.1%} on the partition, "
+                f"{value / float(no_motion) - 1:+.1%} on no motion)"
+            )
     images_a = images.reshape(-1, 2, *images.shape[1:])[:, 0]
     variables, logits_fn = _segmenter(_SEGMENTER.value, images_a, _STRIDE.value, _SEED.value)
     if _START.value == "limbs":

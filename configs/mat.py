@@ -136,6 +136,7 @@ _GROUND_TRUTH_PRIOR_SIDE = {
     "model.segmentation_prior_sigma": 0.15,
     "data.builder_config": "tracklets_side",
 }
+_LIMBS_SIDE = {**_GROUND_TRUTH_PRIOR_SIDE, "model.keypoint_groups": "limbs"}
 _BOTH = "feature L_fc, hourglass parts and flow keypoints, MAT's kept for L_eq"
 _BOTH_KEYPOINTS = {"model.segment_features": "hourglass", "model.keypoint_features": "both"}
 ABLATIONS["reconstruction"] = {
@@ -199,10 +200,8 @@ ABLATIONS["reconstruction"] = {
     "image L_fc, ground-truth keypoints, hourglass, prior 0.15, side-view tracklets": (
         _GROUND_TRUTH_PRIOR_SIDE
     ),
-    "the same, keypoints on the limbs": {
-        **_GROUND_TRUTH_PRIOR_SIDE,
-        "model.keypoint_groups": "limbs",
-    },
+    "the same, keypoints on the limbs": _LIMBS_SIDE,
+    "the same, motions fitted to the joints": {**_LIMBS_SIDE, "loss.consistency_motions": "joints"},
     "hourglass parts, keypoints and Jacobians": _HOURGLASS,
     "hourglass, translations": {**_HOURGLASS, "loss.consistency_jacobians": False},
     "hourglass, parts around their keypoints (sigma 0.15)": {
@@ -362,6 +361,8 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
     # Not in the paper: False moves each part of the flow by a translation (identity
     # Jacobians) instead of Eq. 5's affine motion; L_eq still trains the Jacobians.
     loss.consistency_jacobians = True
+    # A diagnostic (not in the paper): "joints" fits the part motions to the pose joints.
+    loss.consistency_motions = "learned"
     # "all": A against B, C and D (Eq. 12); "first": against B only, the same-camera pair of
     # data.same_camera_pairs (not in the paper).
     loss.consistency_pairs = "first"

@@ -103,6 +103,26 @@ def expected_position(heatmaps: jax.Array) -> jax.Array:
     return jnp.einsum("bnk,nc->bkc", heatmaps.reshape(batch, -1, channels), grid)
 
 
+# Not in any paper: a joint counts as visible where its heatmap peaks at this or more (a
+# visible joint's sigma-1 Gaussian peaks at 0.78 or more on its grid; hidden joints are 0).
+JOINT_VISIBLE_PEAK = 0.3
+
+
+def heatmap_joints(heatmaps: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Joint positions of pose heatmaps: each channel's mean position, weighted by its values.
+
+    Args:
+      heatmaps: [B, h, w, J] Gaussians around the joints (0..1), zero for hidden joints.
+
+    Returns:
+      (joints [B, J, 2] in [-1, 1], visible [B, J] bool: peak >= `JOINT_VISIBLE_PEAK`).
+    """
+    maps = jnp.maximum(heatmaps.astype(jnp.float32), 0.0)
+    mass = jnp.sum(maps, axis=(1, 2), keepdims=True)
+    joints = expected_position(maps / jnp.maximum(mass, 1e-12))
+    return joints, jnp.max(maps, axis=(1, 2)) >= JOINT_VISIBLE_PEAK
+
+
 def pool_jacobians(heatmaps: jax.Array, jacobian_map: jax.Array) -> jax.Array:
     """FOMM's Jacobians: each keypoint's heatmap-weighted mean of a per-pixel 2 x 2 map.
 

@@ -171,6 +171,11 @@ def test_heatmap_keypoints_follow_the_given_heatmaps():
     (_, aux), variables = init(rngs, images, heatmaps=jnp.asarray(heatmaps))
     legs = aux["keypoints"][:, 2]
     assert (legs[:, 0] < 0).all() and (legs[:, 1] > 0.4).all()  # left (x < 0), low (y > 0)
+    # The joints themselves (for loss.consistency_motions="joints"): cell (14, 1) of 16 x 8.
+    np.testing.assert_allclose(aux["joints"][:, 13], np.tile([-0.625, 0.8125], (4, 1)), atol=1e-6)
+    weights = np.asarray(aux["joint_weights"])  # [B, K, 17]: in the group and visible
+    assert weights.shape == (4, 3, 17) and weights.sum() == 4 * 2
+    assert (weights[:, 2, [13, 15]] == 1).all() and (weights[:, :2] == 0).all()
     assert "keypoint_head" not in variables["params"]
     # Inference needs no heatmaps (no keypoints then); training without them is an error.
     _, aux = jax.eval_shape(functools.partial(model.apply, train=False), variables, images)

@@ -21,11 +21,15 @@ import jax.numpy as jnp
 
 from occreid_jax.errors import UserError
 from occreid_jax.losses.classification import cross_entropy_label_smoothing
+from occreid_jax.losses.consistency_inputs import (  # noqa: F401 (re-exported)
+    consistency_maps,
+    flow_jacobians,
+    flow_motions,
+)
 from occreid_jax.losses.mat import (
     CONSISTENCY_PAIRS,
     consistency_loss,
     equivariance_loss,
-    feature_distribution,
     keypoint_masks,
     keypoint_separation_loss,
     part_diversity_loss,
@@ -192,6 +196,8 @@ class MatLossConfig(LossConfig):
     consistency_stages: tuple[int, ...] = (2,)  # backbone stages of target "backbone"
     consistency_stop_gradient: bool = True  # not in the paper
     consistency_jacobians: bool = True  # False: part motions are translations (not in the paper)
+    # "joints": the part motions fitted to the pose joints (losses/joint_motions; a diagnostic)
+    consistency_motions: str = "learned"
     consistency_pairs: str = "all"  # "all" = Eq. 12; "first": not in the paper
     # Target "image": weigh the L1 pyramid by co-part segmentation's visibility map.
     consistency_visibility: bool = True  # not in the paper
@@ -253,6 +259,16 @@ class MatLossConfig(LossConfig):
                 "image target only; set --config.loss.consistency_target=image or leave "
                 "consistency_flow at 'segmentation'"
             )
+        if self.consistency_motions not in ("learned", "joints"):
+            raise UserError(
+                f"unknown loss.consistency_motions {self.consistency_motions!r}; use 'learned' "
+                "or 'joints' (which needs --config.model.keypoints=heatmaps)"
+            )
+        if self.consistency_motions == "joints" and self.keypoints != "heatmaps":
+            raise UserError(
+                "loss.consistency_motions='joints' fits the motions to pose joints; set "
+                "--config.model.keypoints=heatmaps or leave consistency_motions at 'learned'"
+            )
         if not self.keypoint_mask_sigma > 0:
             raise UserError(
                 f"loss.keypoint_mask_sigma={self.keypoint_mask_sigma!r} must be > 0; "
@@ -268,33 +284,6 @@ class MatLossConfig(LossConfig):
 def _per_part(fn, features: jax.Array, *args) -> jax.Array:
     """Mean over parts of `fn(features[:, k], *args)` for [B, K, ...] features."""
     return jnp.mean(jax.vmap(lambda f: fn(f, *args), in_axes=1)(features))
-
-
-def consistency_maps(aux: dict, cfg: MatLossConfig) -> list[jax.Array]:
-    """What L_fc compares, per `cfg.consistency_target`: [B, h', w', C] distributions, one
-    map per compared level (several backbone stages are averaged).
-
-    Features become a softmax over channels at each position (`feature_distribution`),
-    behind a stop-gradient when `cfg.consistency_stop_gradient` (then L_fc trains only the
-    flow: segmentation, keypoints and Jacobians).
-    """
-    if cfg.consistency_target == "segmentation":
-        return [aux["segmentation"]]
-    if cfg.consistency_target == "encoder":
-        levels = [aux["feature_maps"]]
-    else:
-        levels = [aux["backbone_maps"][s - 1] for s in cfg.consistency_stages]
-    if cfg.consistency_stop_gradient:
-        levels = [jax.lax.stop_gradient(maps) for maps in levels]
-    return [feature_distribution(maps) for maps in levels]
-
-
-def flow_jacobians(aux: dict, cfg: MatLossConfig) -> jax.Array:
-    """The Jacobians L_fc's part motions use: the model's [B, K, 2, 2], or identities when
-    `cfg.consistency_jacobians` is off (each part then moves by a translation)."""
-    if cfg.consistency_jacobians:
-        return aux["jacobians"]
-    return jnp.broadcast_to(jnp.eye(2, dtype=jnp.float32), aux["jacobians"].shape)
 
 
 CONSISTENCY_INPUTS = {"encoder": "feature_maps", "backbone": "backbone_maps", "image": "images"}
@@ -341,7 +330,7 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
     * L_eq = value + Jacobian term (`losses/mat.equivariance_loss`) with keypoints (from the
       equivariance pass); L_fc (`losses/mat.consistency_loss`) with keypoints and parts, on
       the maps `consistency_maps` picks and averaged over them, with the part motions'
-      Jacobians of `flow_jacobians`; with target "image", L_fc is
+      motions of `flow_motions`; with target "image", L_fc is
       `losses/mat.reconstruction_loss` on aux["images"] instead.
     * Keypoint separation (`cfg.keypoint_separation_weight`, not in the paper) and L_div
       (`cfg.part_diversity_weight`, not in the paper) when their weights are non-zero.
@@ -410,8 +399,7 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
         fc = reconstruction_loss(
             aux["images"],
             aux["segmentation"],
-            aux["keypoints"],
-            flow_jacobians(aux, cfg),
+            *flow_motions(aux, cfg),
             cfg.group_size,
             cfg.consistency_pairs,
             cfg.consistency_visibility,
@@ -425,8 +413,7 @@ def mat_objective(aux: dict, labels: jax.Array, cfg: MatLossConfig):
             consistency_loss(
                 maps,
                 aux["segmentation"],
-                aux["keypoints"],
-                flow_jacobians(aux, cfg),
+                *flow_motions(aux, cfg),
                 cfg.group_size,
                 cfg.consistency_pairs,
             )

@@ -56,6 +56,7 @@ from occreid_jax.nets.mat_heads import (  # noqa: F401 (COCO_GROUPS re-exported)
     COCO_GROUPS,
     MLPHead,
     group_heatmaps,
+    group_members,
     identity_jacobian_bias,
 )
 from occreid_jax.nets.resnet import get_backbone
@@ -177,7 +178,9 @@ class Mat(nn.Module):
             with keypoints aux["keypoints"] [B, K, 2] ([-1, 1], see `motion`),
             aux["jacobians"] [B, K, 2, 2], aux["keypoint_heatmaps"] [B, h, w, K]; with
             keypoint_features="both" the same three prefixed "encoder_" (MAT's, on f_g)
-            beside the hourglass's.
+            beside the hourglass's. With keypoints="heatmaps" also aux["joints"] [B, 17, 2]
+            (`motion.heatmap_joints`) and aux["joint_weights"] [B, K, 17], 1 where a
+            joint is visible and in keypoint k's group.
             Logits are absent when num_classes == 0; keypoints are absent with
             keypoints="heatmaps" when no heatmaps are given (inference).
         """
@@ -317,11 +320,16 @@ class Mat(nn.Module):
             )
         else:
             return {}
-        return {
+        out = {
             "keypoints": points,
             "jacobians": motion.pool_jacobians(heat, jacobian_map),
             "keypoint_heatmaps": heat,
         }
+        if self.keypoints == "heatmaps":  # for loss.consistency_motions="joints"
+            out["joints"], visible = motion.heatmap_joints(heatmaps)
+            members = group_members(k, self.keypoint_groups, heatmaps.shape[-1])  # [K, J]
+            out["joint_weights"] = members * visible[:, None, :].astype(jnp.float32)
+        return out
 
     def _global_branch(self, features, size, train: bool) -> tuple[dict, dict]:
         """({"global": [B, d]}, aux with feature_maps, global_feat and logits)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # COCO joints (0 nose, 1-2 eyes, 3-4 ears, 5-6 shoulders, 7-8 elbows, 9-10 wrists, 11-12
 # hips, 13-14 knees, 15-16 ankles) grouped into K keypoints for model.keypoints="heatmaps".
@@ -79,3 +80,11 @@ def group_heatmaps(
     )
     grouped = grouped + 1e-6
     return grouped / grouped.sum(axis=(1, 2), keepdims=True)
+
+
+def group_members(num_keypoints: int, groups: str, num_joints: int = 17) -> np.ndarray:
+    """[K, J] float32: 1 where joint j is in keypoint k's group of `KEYPOINT_GROUPS[groups]`."""
+    members = np.zeros((num_keypoints, num_joints), np.float32)
+    for k, group in enumerate(KEYPOINT_GROUPS[groups][num_keypoints]):
+        members[k, list(group)] = 1.0
+    return members

@@ -17,8 +17,8 @@ import numpy as np
 
 from occreid_jax.data import pipeline
 from occreid_jax.data.sampler import IdentitySampler
+from occreid_jax.losses.consistency_inputs import consistency_maps, flow_jacobians
 from occreid_jax.losses.mat import reconstruction_terms
-from occreid_jax.losses.objectives import consistency_maps, flow_jacobians
 from occreid_jax.probes import landmarks
 from occreid_jax.probes.reference_flows import (
     BACKGROUND_RADIUS,
@@ -103,10 +103,18 @@ def collect_groups(config, split, num_groups: int, augment: bool = True) -> Grou
     )
 
 
-def model_outputs(apply_fn, variables: dict, images: np.ndarray, chunk: int = 64) -> dict:
-    """Eval-mode aux of images [M, H, W, 3], as numpy, in chunks of `chunk` images."""
-    run = jax.jit(lambda x: apply_fn(variables, x, train=False)[1])
-    parts = [jax.device_get(run(images[i : i + chunk])) for i in range(0, len(images), chunk)]
+def model_outputs(
+    apply_fn, variables: dict, images: np.ndarray, chunk: int = 64, heatmaps=None
+) -> dict:
+    """Eval-mode aux of images [M, H, W, 3] (with their pose heatmaps [M, H/4, W/4, 17] for a
+    model that reads them), as numpy, in chunks of `chunk` images."""
+    run = jax.jit(lambda x, h: apply_fn(variables, x, train=False, heatmaps=h)[1])
+    parts = [
+        jax.device_get(
+            run(images[i : i + chunk], None if heatmaps is None else heatmaps[i : i + chunk])
+        )
+        for i in range(0, len(images), chunk)
+    ]
     return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
 
@@ -203,14 +211,15 @@ REPORT_GROUPS = 32
 
 def reports_parts(config) -> bool:
     """Whether evaluations also report MAT's part statistics (a MAT with both branches; with
-    keypoints from pose heatmaps, which evaluation does not feed, only the gallery's)."""
+    keypoints from pose heatmaps, the gallery's statistics only, measured with its heatmaps)."""
     model = config.model
     return model.name == "mat" and model.segmentation and model.keypoints != "none"
 
 
-def gallery_subset(gallery, image_size) -> tuple:
+def gallery_subset(gallery, image_size, with_heatmaps: bool = False) -> tuple:
     """(the first `GALLERY_LIMIT` gallery images as a `datasets.Split`, their eval-pipeline
-    images [M, H, W, 3]): the held-out images of the part report."""
+    images [M, H, W, 3]): the held-out images of the part report; with `with_heatmaps`
+    also their pose heatmaps [M, H/4, W/4, 17] (the split's)."""
     count = min(len(gallery), GALLERY_LIMIT)
     subset = dataclasses.replace(
         gallery,
@@ -220,8 +229,16 @@ def gallery_subset(gallery, image_size) -> tuple:
             if getattr(gallery, f.name) is not None
         },
     )
-    batches = pipeline.eval_batches(subset, image_size=image_size, batch_size=64, num_devices=1)
-    return subset, np.concatenate([b["images"][0][b["mask"][0]] for b in batches])
+    batches = list(
+        pipeline.eval_batches(
+            subset, image_size=image_size, batch_size=64, num_devices=1,
+            with_heatmaps=with_heatmaps,
+        )
+    )  # fmt: skip
+    images = np.concatenate([b["images"][0][b["mask"][0]] for b in batches])
+    if not with_heatmaps:
+        return subset, images
+    return subset, images, np.concatenate([b["heatmaps"][0][b["mask"][0]] for b in batches])
 
 
 def part_report(
@@ -238,8 +255,13 @@ def part_report(
     `template_joint_error` (`landmarks.joint_errors`: fitted on the groups' images, measured
     on the gallery images).
     """
-    subset, images = gallery_subset(gallery, image_size)
-    gallery_aux = model_outputs(apply_fn, variables, images)
+    # A model whose keypoints come from pose heatmaps gets the gallery's, as retrieval does
+    # (its keypoint prior shapes the segmentation).
+    if settings.keypoints == "heatmaps" and gallery.heatmaps is not None:
+        subset, images, heatmaps = gallery_subset(gallery, image_size, with_heatmaps=True)
+    else:
+        (subset, images), heatmaps = gallery_subset(gallery, image_size), None
+    gallery_aux = model_outputs(apply_fn, variables, images, heatmaps=heatmaps)
     stats = part_statistics(gallery_aux["segmentation"], gallery_aux.get("keypoints"))
     report = {f"gallery_{k}": float(v) for k, v in stats.items()}
     flat_images = groups.images.reshape(-1, *groups.images.shape[2:])

@@ -15,6 +15,9 @@ numpy functions build both flows from the 17 COCO joints of A and X:
   * the flow a segmentation S composes from those motions (`compose_flow`), as MAT's does
     (Eq. 5-7): `F(z) = S_0(z) B(z) + sum_k S_k(z) T_k(z)`, B the background's motion.
 
+And the measures of a segmentation against the limbs (`merge_parts`, `cell_labels`,
+`limb_shares`) that `benchmarks/mat_segmentation_landscape.py` and `mat_part_limbs.py` print.
+
 Flows are sampling coordinates in X for every pixel of A ([N, H, W, 2], (x, y) in [-1, 1],
 `occreid_jax.motion` conventions); distances are measured in image heights.
 """
@@ -135,7 +138,7 @@ def fit_affine(source: np.ndarray, target: np.ndarray, weights: np.ndarray | Non
     with four or more (weighted) points that span the plane, the least-squares similarity
     (rotation, scale, shift) from two or three or from points on one line (a side view's
     torso: the shoulders coincide, and so do the hips; an affine's scale across that line
-    would be undetermined), a translation from one.
+    would be undetermined), a translation from one or from points at one place.
 
     Returns:
       (matrix [2, 2], offset [2]) with `target ~ source @ matrix.T + offset`.
@@ -150,6 +153,8 @@ def fit_affine(source: np.ndarray, target: np.ndarray, weights: np.ndarray | Non
     if len(src) == 1:
         return np.eye(2), mean_t - mean_s
     s, t = src - mean_s, tgt - mean_t
+    if np.sum(w * np.sum(s * s, -1)) <= COINCIDENT_SPREAD:  # all at one place: a shift
+        return np.eye(2), mean_t - mean_s
     if len(src) >= 4 and not _collinear(s, w):
         design = s * np.sqrt(w)[:, None]
         matrix, *_ = np.linalg.lstsq(design, t * np.sqrt(w)[:, None], rcond=None)
@@ -166,6 +171,10 @@ def fit_affine(source: np.ndarray, target: np.ndarray, weights: np.ndarray | Non
 # of the spread along it count as one line (the synthetic people's joint groups that span the
 # plane sit at 0.1 or more; a side view's torso at 0).
 COLLINEAR_RATIO = 0.05
+# Not in any paper: points whose weighted squared spread (in image heights) is at most this sit
+# at one place (a side view's two shoulders with its hips hidden): they fix a shift only, where
+# the similarity's scale would be 0/0 (it collapsed the part to a point).
+COINCIDENT_SPREAD = 1e-8
 
 
 def _collinear(centred: np.ndarray, weights: np.ndarray) -> bool:
@@ -286,3 +295,59 @@ def resample_segmentation(segmentation: np.ndarray, stride: int) -> np.ndarray:
         ]
     )
     return out / out.sum(-1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------- measures
+
+
+def merge_parts(segmentation: np.ndarray, merges) -> np.ndarray:
+    """[N, h, w, K+1] part probabilities with each (part, taken) of `merges` moving the
+    taken parts' mass onto the part (channel = part + 1)."""
+    out = np.array(segmentation)
+    for part, taken in merges:
+        for k in taken:
+            out[..., part + 1] += out[..., k + 1]
+            out[..., k + 1] = 0.0
+    return out
+
+
+def limb_shares(segmentation: np.ndarray, labels: np.ndarray) -> dict:
+    """Where the person's cells went.
+
+    Args:
+      segmentation: [N, h, w, K+1] part probabilities, channel 0 background.
+      labels: [N, h, w] ground-truth limb of each cell (0 background, k limb k's part).
+
+    Returns:
+      background / own / other: shares of the person's cells (labels > 0) whose most
+      probable channel is 0, their own label, or another part; per_limb [K, K+1]: for each
+      limb, the share of its cells on each channel.
+    """
+    winner = segmentation.argmax(-1)
+    person = labels > 0
+    parts = segmentation.shape[-1] - 1
+    per_limb = np.zeros((parts, parts + 1))
+    for k in range(1, parts + 1):
+        cells = winner[labels == k]
+        if len(cells):
+            per_limb[k - 1] = np.bincount(cells, minlength=parts + 1) / len(cells)
+    return {
+        "background": float(np.mean(winner[person] == 0)),
+        "own": float(np.mean(winner[person] == labels[person])),
+        "other": float(np.mean((winner[person] != 0) & (winner[person] != labels[person]))),
+        "per_limb": per_limb,
+    }
+
+
+def cell_labels(keypoints: np.ndarray, image_size, cells, groups) -> np.ndarray:
+    """[N, h, w] the majority ground-truth limb of each cell of the segmentation's grid, from
+    the images' joints [N, 17, 3] (pixels, visibility)."""
+    height, width = image_size
+    pixels = part_map(
+        keypoints[..., :2] / np.asarray([width, height]) * 2.0 - 1.0, (height, width), groups
+    )
+    sy, sx = height // cells[0], width // cells[1]
+    blocks = pixels.reshape(len(pixels), cells[0], sy, cells[1], sx).transpose(0, 1, 3, 2, 4)
+    flat = blocks.reshape(*blocks.shape[:3], -1)
+    counts = np.stack([(flat == k).sum(-1) for k in range(len(groups) + 1)], -1)
+    return counts.argmax(-1)
