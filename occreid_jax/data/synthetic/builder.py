@@ -201,6 +201,13 @@ class SyntheticOccludedReid(tfds.core.GeneratorBasedBuilder):
             tracklet_side_view=True,
         ),
         SyntheticOccludedReidConfig(
+            name="tracklets_side_far",
+            description="tracklets_side, twice its walking-phase steps (to half a walking cycle).",
+            tracklets=True,
+            tracklet_phase_step=(1.6, 3.1),
+            tracklet_side_view=True,
+        ),
+        SyntheticOccludedReidConfig(
             name="tiny",
             description="A few ids, for tests.",
             num_train_ids=8,
