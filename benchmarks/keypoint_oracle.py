@@ -5,7 +5,8 @@ The record's `keypoint_joint_error` (`occreid_jax/probes/landmarks.py`) fits a l
 the learned keypoints to the 17 joints on the report's training groups and measures it on the
 gallery, as a ratio to a fixed template's error. This prints that ratio for oracle keypoints,
 the exact centroids of joint groups (the body's centre alone, head / upper body / legs, the
-6 limbs, the 10 parts of `model.keypoints="heatmaps"`, every joint), with Gaussian noise of a
+6 limbs, the upper body with arms and the four leg segments, the 10 parts of
+`model.keypoints="heatmaps"`, every joint), with Gaussian noise of a
 few hundredths of the image height. With --workdir it adds the run's own keypoints (MAT's on
 f_g too, where the run keeps them), alone and with the exact body centre beside them: keypoints
 that follow the limbs gain on the centre alone; keypoints that carry only where the person
@@ -45,6 +46,15 @@ LAYOUTS = {
     "body centre": BODY,
     "head, upper body, legs": COCO_GROUPS[3],
     "head, arms, hips, legs": COCO_GROUPS[6],
+    # The regions the image L_fc prices on side-view walks (README, "the loss hardly prices
+    # most limbs"): the torso with head and arms, each thigh and shin.
+    "upper body with arms, thighs, shins": (
+        tuple(range(13)),
+        (11, 13),
+        (13, 15),
+        (12, 14),
+        (14, 16),
+    ),
     "10 parts": COCO_GROUPS[10],
     "17 joints": COCO_GROUPS[17],
 }
