@@ -72,7 +72,7 @@ def main(argv):
         raise UserError("the keypoint oracle needs ground-truth joints: use the synthetic dataset")
     size = config.data.image_size
     aspect = size[1] / size[0]
-    subset, gallery_images = flow_probe.gallery_subset(gallery, size)
+    subset, gallery_images, _ = flow_probe.gallery_subset(gallery, size)
     train = (groups.joints.reshape(-1, 17, 2), groups.visible.reshape(-1, 17))
     held_out = (to_unit(subset.keypoints, size), subset.keypoints[..., 2] > 0)
     noises = [float(n) for n in _NOISE.value]

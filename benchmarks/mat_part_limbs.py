@@ -32,10 +32,6 @@ from occreid_jax.training.run import Run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "MAT config file and variant.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "the run whose latest checkpoint is measured")
-LIMB_NAMES = (
-    "head", "torso", "left upper arm", "left forearm", "right upper arm", "right forearm",
-    "left thigh", "left shin", "right thigh", "right shin",
-)  # fmt: skip
 
 
 def main(argv):
@@ -71,7 +67,11 @@ def main(argv):
         f"the person's cells: background {shares['background']:.0%}, their own limb's part "
         f"{shares['own']:.0%}, another part {shares['other']:.0%}"
     )
-    names = LIMB_NAMES if len(groups) == 10 else [f"limb {k + 1}" for k in range(len(groups))]
+    names = (
+        limb_flows.LIMB_NAMES
+        if len(groups) == 10
+        else [f"limb {k + 1}" for k in range(len(groups))]
+    )
     print(f"{'limb':16s} {'cells':>6s}  background  own  most taken by")
     for k, row in enumerate(shares["per_limb"]):
         taken = int(np.argmax(row))

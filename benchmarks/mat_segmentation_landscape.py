@@ -86,16 +86,17 @@ _SCALES = flags.DEFINE_list(
 _WARP_LEVELS = flags.DEFINE_bool(
     "warp_levels", False, "warp each level of X's pyramid (`losses/mat.warped_pyramid`)"
 )
+_MERGES_FLAG = flags.DEFINE_bool(
+    "merges", False, "also print the loss of the limb partition with limbs merged (`MERGES`)"
+)
 _MOTIONS = flags.DEFINE_enum(
     "motions", "translations", ["translations", "affine"], "each limb group's ground-truth motion"
 )
 
 PARTS = 10
-_MERGES_FLAG = flags.DEFINE_bool(
-    "merges", False, "also print the loss of the limb partition with limbs merged (`MERGES`)"
-)
-# The limb partition with limbs merged, (part, [parts it takes]), 0-based limb indices: head,
-# torso, left upper arm, forearm, right upper arm, forearm, left thigh, shin, right thigh, shin.
+# The limb partition with limbs merged, (part, [parts it takes]), 0-based indices of
+# `limb_flows.LIMB_NAMES` (head, torso, left upper arm, forearm, right upper arm, forearm,
+# left thigh, shin, right thigh, shin).
 MERGES = {
     "head into torso": [(1, [0])],
     "forearms into upper arms": [(2, [3]), (4, [5])],
@@ -152,10 +153,7 @@ def _pair_arrays(config, num_groups: int, stride: int, affine: bool = False):
 
     def coarse(which):
         labels = limb_flows.part_map(joints[:, which], (height, width), parts)
-        one_hot = limb_flows.one_hot(labels, PARTS + 1)
-        return one_hot.reshape(
-            num, height // stride, stride, width // stride, stride, PARTS + 1
-        ).mean(axis=(2, 4))
+        return limb_flows.coarse_parts(labels, PARTS + 1, stride)
 
     centres = landmarks.group_centroids(joints[:, 0], parts)  # [N, K, 2]
     if affine:
@@ -261,12 +259,12 @@ def main(argv):
             jnp.repeat(jnp.asarray(background), 2, axis=0), scales, _WARP_LEVELS.value,
         )
     )  # fmt: skip
+    partition = float(loss_of(jnp.asarray(truth_a)))
     print(
         f"{_GROUPS.value} pairs, stride {_STRIDE.value}: no motion {float(no_motion):.4f}, "
-        f"ground-truth parts {float(loss_of(jnp.asarray(truth_a))):.4f}"
+        f"ground-truth parts {partition:.4f}"
     )
     if _MERGES_FLAG.value:
-        partition = float(loss_of(jnp.asarray(truth_a)))
         for name, merges in MERGES.items():
             value = float(loss_of(jnp.asarray(limb_flows.merge_parts(truth_a, merges))))
             print(

@@ -23,11 +23,14 @@ import jax.numpy as jnp
 
 from occreid_jax import motion
 
-# As probes/limb_flows.COLLINEAR_RATIO (not in any paper): points whose weighted spread across
-# their main axis is under this fraction of the spread along it count as one line.
+# Not in any paper (shared with probes/limb_flows.fit_affine): points whose weighted spread
+# across their main axis is under this fraction of the spread along it count as one line (the
+# synthetic people's joint groups that span the plane sit at 0.1 or more; a side view's torso
+# at 0).
 COLLINEAR_RATIO = 0.05
-# As probes/limb_flows.COINCIDENT_SPREAD: points whose weighted squared spread (image heights)
-# is at most this count as one point.
+# Not in any paper (shared likewise): points whose weighted squared spread, in image heights,
+# is at most this sit at one place (a side view's two shoulders with its hips hidden); they fix
+# a shift only, where the similarity's scale would be 0/0 (it collapsed the part to a point).
 COINCIDENT_SPREAD = 1e-8
 
 

@@ -218,8 +218,8 @@ def reports_parts(config) -> bool:
 
 def gallery_subset(gallery, image_size, with_heatmaps: bool = False) -> tuple:
     """(the first `GALLERY_LIMIT` gallery images as a `datasets.Split`, their eval-pipeline
-    images [M, H, W, 3]): the held-out images of the part report; with `with_heatmaps`
-    also their pose heatmaps [M, H/4, W/4, 17] (the split's)."""
+    images [M, H, W, 3], their pose heatmaps [M, H/4, W/4, 17] with `with_heatmaps` (the
+    split's) or None): the held-out images of the part report."""
     count = min(len(gallery), GALLERY_LIMIT)
     subset = dataclasses.replace(
         gallery,
@@ -237,7 +237,7 @@ def gallery_subset(gallery, image_size, with_heatmaps: bool = False) -> tuple:
     )  # fmt: skip
     images = np.concatenate([b["images"][0][b["mask"][0]] for b in batches])
     if not with_heatmaps:
-        return subset, images
+        return subset, images, None
     return subset, images, np.concatenate([b["heatmaps"][0][b["mask"][0]] for b in batches])
 
 
@@ -257,10 +257,8 @@ def part_report(
     """
     # A model whose keypoints come from pose heatmaps gets the gallery's, as retrieval does
     # (its keypoint prior shapes the segmentation).
-    if settings.keypoints == "heatmaps" and gallery.heatmaps is not None:
-        subset, images, heatmaps = gallery_subset(gallery, image_size, with_heatmaps=True)
-    else:
-        (subset, images), heatmaps = gallery_subset(gallery, image_size), None
+    feed = settings.keypoints == "heatmaps" and gallery.heatmaps is not None
+    subset, images, heatmaps = gallery_subset(gallery, image_size, with_heatmaps=feed)
     gallery_aux = model_outputs(apply_fn, variables, images, heatmaps=heatmaps)
     stats = part_statistics(gallery_aux["segmentation"], gallery_aux.get("keypoints"))
     report = {f"gallery_{k}": float(v) for k, v in stats.items()}

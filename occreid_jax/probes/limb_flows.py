@@ -28,7 +28,9 @@ import cv2
 import numpy as np
 
 from occreid_jax import motion
+from occreid_jax.losses.joint_motions import COINCIDENT_SPREAD, COLLINEAR_RATIO
 from occreid_jax.nets.mat_heads import LIMB_KEYPOINT_GROUPS
+from occreid_jax.probes.reference_flows import to_unit
 
 # COCO's 19 skeleton bones (0 nose, 1-2 eyes, 3-4 ears, 5-6 shoulders, 7-8 elbows, 9-10
 # wrists, 11-12 hips, 13-14 knees, 15-16 ankles).
@@ -43,6 +45,11 @@ TORSO = (5, 6, 12, 11)  # the torso quadrilateral, in drawing order
 # neck bones, ear to shoulder, to the head), and torso-quadrilateral pixels to the group
 # holding the four torso joints.
 LIMB_GROUPS = LIMB_KEYPOINT_GROUPS
+# The groups of LIMB_GROUPS[10], in order.
+LIMB_NAMES = (
+    "head", "torso", "left upper arm", "left forearm", "right upper arm", "right forearm",
+    "left thigh", "left shin", "right thigh", "right shin",
+)  # fmt: skip
 
 # Not in any paper: the synthetic people's limbs are 0.05-0.07 person heights wide (plus a
 # one-pixel outline), their heads about 0.14 tall; a person fills most of the crop's height.
@@ -165,16 +172,6 @@ def fit_affine(source: np.ndarray, target: np.ndarray, weights: np.ndarray | Non
         b = np.sum(w * (s[:, 0] * t[:, 1] - s[:, 1] * t[:, 0])) / max(denom, 1e-12)
         matrix = np.asarray([[a, -b], [b, a]])
     return matrix, mean_t - mean_s @ matrix.T
-
-
-# Not in any paper: source points whose spread across their main axis is under this fraction
-# of the spread along it count as one line (the synthetic people's joint groups that span the
-# plane sit at 0.1 or more; a side view's torso at 0).
-COLLINEAR_RATIO = 0.05
-# Not in any paper: points whose weighted squared spread (in image heights) is at most this sit
-# at one place (a side view's two shoulders with its hips hidden): they fix a shift only, where
-# the similarity's scale would be 0/0 (it collapsed the part to a point).
-COINCIDENT_SPREAD = 1e-8
 
 
 def _collinear(centred: np.ndarray, weights: np.ndarray) -> bool:
@@ -339,15 +336,16 @@ def limb_shares(segmentation: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
+def coarse_parts(labels: np.ndarray, channels: int, stride: int) -> np.ndarray:
+    """Hard part labels [N, H, W] (`part_map`) as part shares of each stride x stride cell:
+    [N, H/stride, W/stride, channels], the one-hot area-averaged."""
+    n, h, w = labels.shape
+    cells = one_hot(labels, channels).reshape(n, h // stride, stride, w // stride, stride, channels)
+    return cells.mean(axis=(2, 4))
+
+
 def cell_labels(keypoints: np.ndarray, image_size, cells, groups) -> np.ndarray:
-    """[N, h, w] the majority ground-truth limb of each cell of the segmentation's grid, from
-    the images' joints [N, 17, 3] (pixels, visibility)."""
-    height, width = image_size
-    pixels = part_map(
-        keypoints[..., :2] / np.asarray([width, height]) * 2.0 - 1.0, (height, width), groups
-    )
-    sy, sx = height // cells[0], width // cells[1]
-    blocks = pixels.reshape(len(pixels), cells[0], sy, cells[1], sx).transpose(0, 1, 3, 2, 4)
-    flat = blocks.reshape(*blocks.shape[:3], -1)
-    counts = np.stack([(flat == k).sum(-1) for k in range(len(groups) + 1)], -1)
-    return counts.argmax(-1)
+    """[N, h, w] the majority ground-truth limb of each cell of the segmentation's grid
+    `cells` (h, w), from the images' joints [N, 17, 3] (pixels, visibility)."""
+    labels = part_map(to_unit(keypoints, image_size), tuple(image_size), groups)
+    return coarse_parts(labels, len(groups) + 1, image_size[0] // cells[0]).argmax(-1)
