@@ -24,7 +24,14 @@ MAT = "--config=configs/mat.py:synthetic"
         (["--config=configs/baseline.py:market1501"], "--config.data.manual_dir=DIR"),
         (["--config=configs/mat.py:nope"], "unknown variant nope"),
         ([MAT, "--config.model.keypoints=pose"], "unknown model.keypoints"),
-        ([MAT, "--config.model.keypoints=heatmaps"], "--config.pose.source=ground_truth"),
+        (
+            [MAT, "--config.model.keypoints=heatmaps", "--config.model.keypoint_features=encoder"],
+            "--config.pose.source=ground_truth",
+        ),
+        (
+            [MAT, "--config.model.keypoints=heatmaps", "--config.pose.source=ground_truth"],
+            "set model.keypoint_features='encoder' (MAT's) or 'segment'",
+        ),
         ([MAT, "--mode=visualize"], "no checkpoint in"),
         ([SYNTHETIC, "--num_processes=2"], "needs --coordinator_address, --num_processes"),
         (

@@ -169,6 +169,7 @@ def test_the_part_report_feeds_the_gallery_its_heatmaps(tiny_config, tmp_path):
     figures are the segmentation retrieval sees (with the heatmaps), not the one without."""
     config = tiny_config("mat")
     config.model.keypoints, config.pose.source = "heatmaps", "ground_truth"
+    config.model.segment_features, config.model.keypoint_features = "backbone", "encoder"
     config.model.segmentation_prior_sigma = 0.05  # a strong prior: it decides the parts
     run = Run(config, str(tmp_path / "run"))
     gallery = run.eval_splits["gallery"]

@@ -287,3 +287,21 @@ def test_every_ablation_row_is_a_valid_config():
             seen[key] = label
     for table, (trained_table, trained_row) in mat.EVAL_ONLY.items():
         assert table in mat.ABLATIONS and trained_row in mat.ABLATIONS[trained_table]
+
+
+def test_only_the_synthetic_variant_takes_the_hourglass_and_the_tables_keep_mats_parts():
+    """The synthetic default is the hourglass with both keypoint sets; the paper's datasets and
+    pets2009 keep MAT's own segmentation, and so does every row of the tables measured with it
+    (a row that does not set its parts trains MAT's own)."""
+    from configs import mat
+
+    parts = lambda c: (c.model.segment_features, c.model.keypoint_features)  # noqa: E731
+    assert parts(mat.get_config("synthetic")) == ("hourglass", "both")
+    for variant in ("occluded_duke", "market1501", "pets2009"):
+        assert parts(mat.get_config(variant)) == ("backbone", "encoder"), variant
+    for table in ("table1", "table2", "diagnostics", "flow"):
+        for label, overrides in mat.ABLATIONS[table].items():
+            config = mat.get_config("synthetic")
+            config.update_from_flattened_dict(overrides)
+            segment, keypoints = parts(config)  # some flow rows segment f_g ("encoder")
+            assert segment in ("backbone", "encoder") and keypoints == "encoder", (table, label)

@@ -100,7 +100,8 @@ def test_mats_keypoints_add_exactly_their_l_eq_and_separation_and_nothing_else_r
 
 
 def test_both_without_the_hourglass_is_one_line():
-    with pytest.raises(UserError, match="keypoint_features='both' needs"):
+    needs = r"keypoint_features='both' \(the synthetic variant's default\) needs"
+    with pytest.raises(UserError, match=needs):
         families.build_model(
             "mat", num_classes=5, **{**TINY, "segment_features": "backbone"},
             keypoint_features="both",

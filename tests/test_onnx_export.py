@@ -199,6 +199,16 @@ def test_max_pool_pads_with_minus_infinity():
     _check(fn, _normal(3, 9, 8, 5) - 3.0)  # mostly negative: padding zeros would show
 
 
+def test_window_sums_and_average_pools_count_the_zero_padding_like_jax():
+    def fn(x):
+        pooled = nn.avg_pool(x, (2, 2), strides=(2, 2))  # the hourglass's down blocks
+        padded = nn.avg_pool(x, (3, 3), strides=(2, 2), padding="SAME")  # zeros counted
+        uncounted = nn.avg_pool(x, (3, 2), padding=((1, 1), (0, 1)), count_include_pad=False)
+        return pooled, padded, uncounted
+
+    _check(fn, _normal(3, 9, 8, 5) + 3.0)  # mostly positive: a lost pad would show
+
+
 def test_shapes_that_depend_on_the_batch():
     def fn(x):
         rows = x.reshape(-1, 6) * 2.0  # [4 B, 6]
@@ -234,6 +244,8 @@ def test_elementwise_ops_and_reductions():
             + lax.rem(x, 0.3)
             + (jnp.abs(x) + 1.0) ** -2
             + lax.clamp(-0.2, x, 0.4)
+            + jnp.floor(3 * x) * 0.5
+            - jnp.ceil(2 * x)
         )
         index = jnp.argmax(x, axis=1)
         count = (x != 0).astype(jnp.int32) + (x <= 0.1) * 2
@@ -246,7 +258,7 @@ def test_elementwise_ops_and_reductions():
     "fn, primitive",
     [
         (lambda x: lax.top_k(x, 2)[0], "top_k"),
-        (lambda x: nn.avg_pool(x, (2, 2)), "reduce_window_sum"),
+        (lambda x: jnp.cumsum(x, axis=1), "cumsum"),
     ],
 )
 def test_unsupported_primitive_is_named(fn, primitive):

@@ -150,10 +150,9 @@ def _arg_reduce(op: str):
     return handler
 
 
-def _max_pool(graph, eqn, x):
-    """reduce_window_max (flax's max_pool, padded with -inf): MaxPool over the window's
-    dimensions, the other two (batch, channels) leading. Other reduce_window kinds (sum, min,
-    a custom reduction) have no handler: the export names them in its error."""
+def _pool(graph, eqn, x, onnx_op: str, **attrs):
+    """A reduce_window as the ONNX pool `onnx_op` over the window's dimensions, the other two
+    (batch, channels) leading; a transpose there and back."""
     p = eqn.params
     window, strides, dilation = p["window_dimensions"], p["window_strides"], p["window_dilation"]
     pads = [tuple(pad) for pad in p["padding"]]
@@ -169,16 +168,36 @@ def _max_pool(graph, eqn, x):
         return x
     if len(kept) != 2:
         raise unsupported(eqn, f"a window over {len(pooled)} of {rank} dimensions")
+    if onnx_op == "MaxPool":
+        attrs["dilations"] = [int(dilation[i]) for i in pooled]
+    elif any(dilation[i] != 1 for i in pooled):
+        raise unsupported(eqn, "window dilation")
     perm = kept + pooled
     y = graph.node(
-        "MaxPool",
+        onnx_op,
         [_transpose(graph, x, perm)],
         kernel_shape=[int(window[i]) for i in pooled],
         strides=[int(strides[i]) for i in pooled],
         pads=[int(pads[i][0]) for i in pooled] + [int(pads[i][1]) for i in pooled],
-        dilations=[int(dilation[i]) for i in pooled],
+        **attrs,
     )
     return _transpose(graph, y, _inverse(perm))
+
+
+def _max_pool(graph, eqn, x):
+    """reduce_window_max (flax's max_pool, padded with -inf): MaxPool. Other reduce_window
+    kinds than max and sum (min, a custom reduction) have no handler: the export names them."""
+    return _pool(graph, eqn, x, "MaxPool")
+
+
+def _sum_pool(graph, eqn, x):
+    """reduce_window_sum (flax's avg_pool before its division; zero padding): AveragePool
+    counting the padding, times the window's size."""
+    y = _pool(graph, eqn, x, "AveragePool", count_include_pad=1)
+    if y is x:
+        return x
+    size = np.prod([int(w) for w in eqn.params["window_dimensions"]])
+    return graph.node("Mul", [y, np.array(size, _dtype(eqn))])
 
 
 # Shapes ----------------------------------------------------------------------------------------
@@ -389,7 +408,7 @@ HANDLERS = {
     **{name: _unary(op) for name, op in {
         "neg": "Neg", "exp": "Exp", "log": "Log", "sqrt": "Sqrt", "tanh": "Tanh",
         "logistic": "Sigmoid", "erf": "Erf", "abs": "Abs", "sign": "Sign", "sin": "Sin",
-        "cos": "Cos"}.items()},
+        "cos": "Cos", "floor": "Floor", "ceil": "Ceil"}.items()},
     **{name: _binary(op) for name, op in {
         "add": "Add", "add_any": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max",
         "min": "Min", "pow": "Pow", "eq": "Equal", "lt": "Less", "le": "LessOrEqual",
@@ -407,7 +426,7 @@ HANDLERS = {
     "reduce_sum": _reduce("ReduceSum"), "reduce_max": _reduce("ReduceMax"),
     "reduce_min": _reduce("ReduceMin"), "reduce_prod": _reduce("ReduceProd"),
     "argmax": _arg_reduce("ArgMax"), "argmin": _arg_reduce("ArgMin"),
-    "reduce_window_max": _max_pool,
+    "reduce_window_max": _max_pool, "reduce_window_sum": _sum_pool,
     "reshape": _reshape, "broadcast_in_dim": _broadcast_in_dim, "stack": _stack,
     "squeeze": lambda graph, eqn, x: graph.node("Squeeze", [x, _ints(eqn.params["dimensions"])]),
     "transpose": lambda graph, eqn, x: _transpose(graph, x, eqn.params["permutation"]),

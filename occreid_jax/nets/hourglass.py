@@ -57,7 +57,9 @@ def antialias_subsample(images: jax.Array, stride: int) -> jax.Array:
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=channels,
         )
-    return out[:, ::stride, ::stride]
+    # lax.slice, not out[:, ::stride, ::stride]: with a symbolic batch size (exports) the
+    # strided index becomes a two-axis gather, which ONNX cannot take.
+    return jax.lax.slice(out, (0, 0, 0, 0), out.shape, (1, stride, stride, 1))
 
 
 class Hourglass(nn.Module):

@@ -75,9 +75,10 @@ def config_problems(model) -> list[str]:
     both = (model.segmentation, model.segment_features, model.keypoints)
     if model.keypoint_features == "both" and both != (True, "hourglass", "self_supervised"):
         problems.append(
-            "model.keypoint_features='both' needs the hourglass's keypoints beside MAT's: "
-            "set model.segment_features='hourglass', model.segmentation=True and "
-            "model.keypoints='self_supervised'"
+            "model.keypoint_features='both' (the synthetic variant's default) needs the "
+            "hourglass's keypoints beside MAT's: model.segment_features='hourglass', "
+            "model.segmentation=True and model.keypoints='self_supervised'; for other parts or "
+            "keypoints set model.keypoint_features='encoder' (MAT's) or 'segment'"
         )
     if model.segment_stage not in (1, 2, 3, 4):
         problems.append(f"model.segment_stage={model.segment_stage} must be a stage, 1-4")
