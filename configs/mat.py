@@ -389,10 +389,10 @@ def get_config(arg: str = "occluded_duke") -> ml_collections.ConfigDict:
         _shrink_for_cpu(config)
     if variant == "synthetic":
         # Not in the paper: co-part segmentation's hourglass gives the parts and the flow's
-        # keypoints and Jacobians; MAT's keypoint queries on f_g stay for L_eq. Over 5 seeds
-        # 14.2 +- 1.0 occluded mAP against 13.0 +- 0.3 for MAT's own parts, which stay one
-        # person region; these split into head, upper body and legs in 4 seeds of 5 (README,
-        # "The synthetic default's parts"). On pets2009 MAT's own parts retrieve better.
+        # keypoints and Jacobians; MAT's keypoint queries on f_g stay for L_eq. Seeds 0-2:
+        # 14.4 +- 1.4 occluded mAP against 13.0 +- 0.3 for MAT's own parts, which stay one
+        # person region; these split into 3-4 bands of the body (README, "The synthetic
+        # default's parts"). On pets2009 MAT's own parts retrieve better.
         config.model.segment_features = "hourglass"
         config.model.keypoint_features = "both"
     if variant == "pets2009":
