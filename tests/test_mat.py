@@ -295,7 +295,9 @@ def test_only_the_synthetic_variant_takes_the_hourglass_and_the_tables_keep_mats
     (a row that does not set its parts trains MAT's own)."""
     from configs import mat
 
-    parts = lambda c: (c.model.segment_features, c.model.keypoint_features)  # noqa: E731
+    def parts(config):
+        return config.model.segment_features, config.model.keypoint_features
+
     assert parts(mat.get_config("synthetic")) == ("hourglass", "both")
     for variant in ("occluded_duke", "market1501", "pets2009"):
         assert parts(mat.get_config(variant)) == ("backbone", "encoder"), variant
